@@ -1,0 +1,280 @@
+"""The cycle-exact simulator.
+
+`simulate(program)` runs in four steps, each over whole arrays rather than one cycle at a time:
+
+1. timing: the issue cycle of every instruction of every queue (NOP, Repeat, Sync/Notify);
+2. wiring: which stream write each stream read sees, and every stream conflict (`streams`);
+3. hazards: SRAM address, bank and MXM ordering checks, and the dependency edges between events (`hazards`);
+4. execution: events are cut into batches in which no event depends on another, and each batch runs as a few
+   NumPy calls per opcode class (`execute`).
+
+Time is the issue cycle at superlane 0. An instruction reaches superlane k k cycles later and all traffic within a
+superlane is shifted alike, so the stagger is paid where data crosses superlanes (MXM and SXM latencies) and once
+at the end: a program takes (last cycle in which anything lands at superlane 0) + superlanes cycles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from openlpu.errors import ProgramError, ScheduleError
+from openlpu.hardware.chip import Chip, load_chip
+from openlpu.isa.opcodes import MXM_OPS, SXM_OPS, VXM_OPS, Opcode
+from openlpu.isa.program import Program
+from openlpu.isa.types import Unit
+from openlpu.sim import checks as checks_mod
+from openlpu.sim import events as events_mod
+from openlpu.sim import hazards, memory, streams, timing, validate
+from openlpu.sim.execute import Machine
+from openlpu.sim.semantics import PHASE, Phase
+
+OPCODES = list(Opcode)
+OP_INDEX = {op: i for i, op in enumerate(OPCODES)}
+
+
+@dataclass(frozen=True)
+class Result:
+    program: str
+    chip: Chip = field(repr=False)
+    cycles: int
+    instructions: int
+    events: int
+    batches: int
+    utilisation: dict[str, float]
+    checks: tuple[checks_mod.CheckResult, ...]
+    tensors: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / self.chip.clock_hz
+
+    @property
+    def checks_passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def to_json(self) -> dict:
+        return {
+            "program": self.program,
+            "chip": self.chip.name,
+            "cycles": self.cycles,
+            "seconds": self.seconds,
+            "instructions": self.instructions,
+            "events": self.events,
+            "utilisation": self.utilisation,
+            "checks_passed": self.checks_passed,
+            "checks": [c.describe() for c in self.checks],
+        }
+
+
+def simulate(program: Program, chip: Chip | None = None, inputs: dict[str, np.ndarray] | None = None) -> Result:
+    """Run `program` cycle-exactly. `inputs` overrides tensors' initial contents by name."""
+    chip = chip or load_chip(program.chip or "groqchip1")
+    return _Run(program, chip).run(inputs or {})
+
+
+class _Run:
+    def __init__(self, program: Program, chip: Chip) -> None:
+        self.program, self.chip = program, chip
+        _validate(program, chip)
+        self.timeline = timing.expand(program, chip)
+        self.ev = events_mod.build(self.timeline, chip)
+        self.ops = np.array([OP_INDEX[t.instruction.op] for t in self.ev.templates], np.int64)[self.ev.template] \
+            if len(self.ev) else np.zeros(0, np.int64)
+        _, self.slice, self.addr = hazards.mem_fields(self.ev, chip)
+        self.row, self.slot = self.ev.operand("row"), self.ev.operand("slot")
+
+    # -- helpers used by executors and error messages ---------------------------------------------------------
+    def plane_of(self, e: int) -> tuple:
+        t = self.ev.templates[self.ev.template[e]]
+        return (t.queue.hemisphere, t.instruction.plane)
+
+    def describe(self, e: int) -> str:
+        t = self.ev.templates[self.ev.template[e]]
+        listing = self.program.stream(t.queue)
+        lo, hi = max(0, t.index - 2), min(len(listing), t.index + 3)
+        context = "\n".join(
+            f"    {'>' if i == t.index else ' '} {i:4d}  {_text(listing[i])}" for i in range(lo, hi)
+        )
+        rep = f" (repeat {self.ev.k[e]})" if self.ev.k[e] else ""
+        return f"cycle {self.ev.cycle[e]}, {t.queue} instruction {t.index}{rep} `{_text(t.instruction)}`\n{context}\n"
+
+    # -- the four steps --------------------------------------------------------------------------------------
+    def run(self, inputs: dict[str, np.ndarray]) -> Result:
+        n = len(self.ev)
+        first_use = np.full(n, hazards.NEVER, dtype=np.int64)
+        self.source = self._wire(first_use)
+        hazards.check_mem(self.ev, self.chip, self.ops, first_use, self.describe)
+        mxm = np.flatnonzero(np.isin(self.ops, [OP_INDEX[o] for o in MXM_OPS]))
+        mxm = mxm[np.lexsort((self._phase()[mxm], self.ev.cycle[mxm]))]
+        hazards.MxmChecker(self.chip, self.ev, first_use, self.describe).run(mxm, self.slot)
+        batch = _batches(self.ev.cycle, first_use)
+        initial = self._load(inputs)
+        self.pool = np.zeros((len(self.ev.writes.cycle), self.chip.lanes.lanes), np.uint8)
+        self._execute(batch)
+        return self._result(initial, int(batch.max()) + 1 if n else 0)
+
+    def _wire(self, first_use: np.ndarray) -> np.ndarray:
+        from openlpu.hardware.geometry import Geometry
+
+        positions = Geometry.of(self.chip).positions
+        source, conflicts = streams.resolve(self.ev.writes, self.ev.reads, positions)
+        if conflicts:
+            raise ScheduleError(self._conflict_message(conflicts[0]))
+        readers = self.ev.reads.event
+        np.minimum.at(first_use, self.ev.writes.event[source], self.ev.cycle[readers])
+        return source
+
+    def _conflict_message(self, c: streams.Conflict) -> str:
+        w, r = self.ev.writes, self.ev.reads
+        if c.kind == "no-value":
+            name = f"{'EW'[r.direction[c.first]]}{r.stream[c.first]}"
+            return (f"read of stream {name} holding no value at position {r.position[c.first]} in cycle "
+                    f"{r.cycle[c.first]}: {self.describe(r.event[c.first])}no instruction wrote that stream "
+                    "so that it arrives here in this cycle; check the producer's issue cycle and latency")
+        name = f"{'EW'[w.direction[c.first]]}{w.stream[c.first]}"
+        a, b = w.event[c.first], w.event[c.second]
+        if c.kind == "two-writers":
+            return (f"two producers write stream {name} at position {w.position[c.first]} in cycle "
+                    f"{w.cycle[c.first]}:\n{self.describe(a)}{self.describe(b)}move one to another stream or cycle")
+        return (f"stream {name}: the value written in cycle {w.cycle[c.first]} at position {w.position[c.first]} "
+                f"by {self.describe(a)}is overwritten at position {w.position[c.second]} in cycle "
+                f"{w.cycle[c.second]} by {self.describe(b)}before any instruction read it")
+
+    def _phase(self) -> np.ndarray:
+        table = np.array([PHASE.get(op, Phase.MEM_READ) for op in OPCODES], np.int64)
+        return table[self.ops]
+
+    def _load(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        unknown = sorted(set(inputs) - {t.name for t in self.program.tensors})
+        if unknown:
+            raise ProgramError(f"inputs {unknown} name no tensor of program {self.program.name}")
+        self.sram = memory.new_sram(self.chip)
+        initial = {}
+        for t in self.program.tensors:
+            value = inputs[t.name] if t.name in inputs else memory.init_values(t)
+            if value.shape != (t.rows, t.cols):
+                raise ProgramError(f"input {t.name}: shape {value.shape} but the tensor is {t.rows}x{t.cols}")
+            initial[t.name] = np.asarray(value).astype(t.dtype.numpy)
+            memory.store(self.sram, t, initial[t.name], self.chip)
+        return initial
+
+    def _execute(self, batch: np.ndarray) -> None:
+        machine = Machine(self)
+        group = self._group_keys()
+        order = np.lexsort((self.ev.cycle, group, self._phase(), batch))
+        keys = np.stack([batch[order], group[order]])
+        cuts = np.flatnonzero((keys[:, 1:] != keys[:, :-1]).any(axis=0)) + 1
+        for run in np.split(order, cuts):
+            if len(run):
+                ins = self.ev.templates[self.ev.template[run[0]]].instruction
+                _EXECUTORS[ins.op](machine, run, ins)
+
+    def _group_keys(self) -> np.ndarray:
+        """Events that can run in one NumPy call share a key: same opcode and types (and, for SXM, operands)."""
+        ids: dict = {}
+        per_template = []
+        for i, t in enumerate(self.ev.templates):
+            ins = t.instruction
+            key = (i,) if ins.op in SXM_OPS else (ins.op, ins.dtype, ins.to, ins.b is None, ins.c is None)
+            per_template.append(ids.setdefault(key, len(ids)))
+        return np.array(per_template, np.int64)[self.ev.template] if len(self.ev) else np.zeros(0, np.int64)
+
+    def _result(self, initial: dict[str, np.ndarray], batches: int) -> Result:
+        tensors = {t.name: memory.load(self.sram, t, self.chip) for t in self.program.tensors}
+        env = checks_mod._reference_env(self.program.tensors, initial)
+        results = tuple(
+            checks_mod.run_check(c, self.program.tensor(c.target), tensors[c.target], env)
+            for c in self.program.checks
+        )
+        return Result(
+            program=self.program.name, chip=self.chip, cycles=self._cycles(),
+            instructions=self.program.instruction_count, events=len(self.ev), batches=batches,
+            utilisation=self._utilisation(), checks=results, tensors=tensors,
+        )
+
+    def _cycles(self) -> int:
+        last = max(self.timeline.queue_end_cycles.values(), default=0) - 1
+        if len(self.ev):
+            done = self.ev.cycle + np.array([t.latency for t in self.ev.templates])[self.ev.template]
+            last = max(last, int(done.max()))
+        if len(self.ev.writes.cycle):
+            last = max(last, int(self.ev.writes.cycle.max()))
+        return last + self.chip.lanes.superlanes if last >= 0 else 0
+
+    def _utilisation(self) -> dict[str, float]:
+        cycles = max(self._cycles(), 1)
+        c = self.chip
+        queues = {Unit.MEM: c.mem_slices, Unit.VXM: c.vxm.alus, Unit.SXM: 2 * c.sxm.queues_per_hemisphere}
+        units = np.array([list(Unit).index(t.queue.unit) for t in self.ev.templates], np.int64)
+        per_event = units[self.ev.template] if len(self.ev) else np.zeros(0, np.int64)
+        out = {u.value: float(np.sum(per_event == list(Unit).index(u))) / (cycles * n) for u, n in queues.items()}
+        out["mxm_macs"] = self._mxm_macs() / (cycles * c.macs_per_cycle_int8)
+        return out
+
+    def _mxm_macs(self) -> int:
+        abc = self.ops == OP_INDEX[Opcode.ABC]
+        return int(abc.sum()) * self.chip.mxm.plane_rows * self.chip.mxm.plane_columns
+
+
+def _text(ins) -> str:
+    from openlpu.isa.asm import format_instruction
+
+    return format_instruction(ins)
+
+
+def _validate(program: Program, chip: Chip) -> None:
+    for q, instrs in program.queues:
+        validate.check_queue(chip, q)
+        for i, ins in enumerate(instrs):
+            validate.check_instruction(chip, q, i, ins)
+    names = [t.name for t in program.tensors]
+    if len(set(names)) != len(names):
+        raise ProgramError(f"program {program.name}: tensor names repeat: {names}")
+    for t in program.tensors:
+        memory.check_tensor(t, chip)
+    clash = memory.overlaps(program.tensors, chip)
+    if clash:
+        raise ProgramError(f"tensors {clash[0]} and {clash[1]} overlap in SRAM; move one to other slices/addresses")
+    for c in program.checks:
+        if c.target not in names:
+            raise ProgramError(f"check on unknown tensor {c.target!r}; tensors are {names}")
+
+
+def _batches(cycle: np.ndarray, first_use: np.ndarray) -> np.ndarray:
+    """Cut events, in issue order, into maximal runs in which no event consumes another's result."""
+    n = len(cycle)
+    order = np.argsort(cycle, kind="stable")
+    c, f = cycle[order], first_use[order]
+    batch_sorted = np.empty(n, np.int64)
+    start, b = 0, 0
+    while start < n:
+        look = 256
+        while True:
+            end = min(n, start + look)
+            horizon = np.minimum.accumulate(f[start:end])
+            cut = np.flatnonzero(c[start + 1:end] >= horizon[: end - start - 1])
+            if len(cut) or end == n:
+                stop = start + 1 + int(cut[0]) if len(cut) else n
+                break
+            look *= 4
+        batch_sorted[start:stop] = b
+        start, b = stop, b + 1
+    batch = np.empty(n, np.int64)
+    batch[order] = batch_sorted
+    return batch
+
+
+_EXECUTORS = {
+    Opcode.READ: Machine.read,
+    Opcode.WRITE: Machine.write,
+    Opcode.GATHER: Machine.gather,
+    Opcode.SCATTER: Machine.scatter,
+    **{op: Machine.vxm for op in VXM_OPS},
+    **{op: Machine.sxm for op in SXM_OPS},
+    Opcode.LW: Machine.lw,
+    Opcode.IW: Machine.iw,
+    Opcode.ABC: Machine.abc,
+    Opcode.ACC: Machine.acc_,
+}

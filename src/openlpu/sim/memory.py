@@ -1,0 +1,108 @@
+"""SRAM: the tensor layout map, initial contents, and the static checks of every MEM access.
+
+The SRAM is one uint8 array [slice, address, lane] (west slices first); allocation is lazy, so untouched
+slices cost nothing.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from openlpu.errors import ProgramError
+from openlpu.hardware.chip import Chip
+from openlpu.hardware.geometry import Geometry
+from openlpu.isa.program import Init, InitKind, Tensor
+from openlpu.sim.numerics import planes_to_values, values_to_planes
+
+
+def tensor_locations(t: Tensor, chip: Chip) -> tuple[np.ndarray, np.ndarray]:
+    """(slices [rows, blocks, w], addresses [rows, blocks]) of every row's byte planes, per the layout in
+    `openlpu.isa.program`."""
+    geo, p, w = Geometry.of(chip), t.placement, t.dtype.width_bytes
+    lanes = chip.lanes.lanes
+    r = np.arange(t.rows)[:, None]
+    j = np.arange(t.column_blocks(lanes))[None, :]
+    addresses = p.address + j * t.rows_per_group() + r // p.interleave
+    local = p.first_slice + (r % p.interleave)[:, :, None] * w + np.arange(w)[None, None, :]
+    slices = geo.global_slice(p.hemisphere, 0) + np.broadcast_to(local, (t.rows, j.shape[1], w))
+    return slices, np.broadcast_to(addresses, (t.rows, j.shape[1]))
+
+
+def check_tensor(t: Tensor, chip: Chip) -> None:
+    lanes = chip.lanes.lanes
+    last_slice = t.placement.first_slice + min(t.placement.interleave, t.rows) * t.dtype.width_bytes - 1
+    last_addr = t.placement.address + t.column_blocks(lanes) * t.rows_per_group() - 1
+    where = f"tensor {t.name}"
+    if t.rows < 1 or t.cols < 1:
+        raise ProgramError(f"{where}: shape {t.rows}x{t.cols} must be positive")
+    if t.placement.first_slice < 0 or last_slice >= chip.mem.slices_per_hemisphere:
+        raise ProgramError(
+            f"{where}: needs MEM slices {t.placement.first_slice}..{last_slice} but a hemisphere has "
+            f"0..{chip.mem.slices_per_hemisphere - 1}; move it to a lower first slice or lower the interleave"
+        )
+    if t.placement.address < 0 or last_addr >= chip.mem.addresses_per_slice:
+        raise ProgramError(
+            f"{where}: needs addresses {t.placement.address}..{last_addr} but a slice has "
+            f"0..{chip.mem.addresses_per_slice - 1}"
+        )
+
+
+def init_values(t: Tensor) -> np.ndarray:
+    """The tensor's initial contents as an array [rows, cols] of its dtype (zeros when it has no init)."""
+    shape, dt = (t.rows, t.cols), t.dtype.numpy
+    init = t.init or Init(kind=InitKind.ZEROS)
+    a = init.args
+    if init.kind is InitKind.ZEROS:
+        return np.zeros(shape, dt)
+    if init.kind is InitKind.CONST:
+        return np.full(shape, a[0]).astype(dt)
+    if init.kind is InitKind.RANGE:
+        return (a[0] + a[1] * np.arange(t.rows * t.cols)).reshape(shape).astype(dt)
+    if init.kind is InitKind.VALUES:
+        if len(a) != t.rows * t.cols:
+            raise ProgramError(f"tensor {t.name}: values(...) gives {len(a)} numbers for {t.rows}x{t.cols}")
+        return np.array(a).reshape(shape).astype(dt)
+    rng = np.random.default_rng(int(a[0]))
+    low, high = a[1], a[2]
+    if t.dtype.is_float:
+        return rng.uniform(low, high, size=shape).astype(dt)
+    return rng.integers(int(low), int(high), size=shape, endpoint=True).astype(dt)
+
+
+def store(sram: np.ndarray, t: Tensor, values: np.ndarray, chip: Chip) -> None:
+    lanes = chip.lanes.lanes
+    slices, addresses = tensor_locations(t, chip)
+    padded = np.zeros((t.rows, t.column_blocks(lanes) * lanes), t.dtype.numpy)
+    padded[:, : t.cols] = values
+    planes = values_to_planes(padded.reshape(t.rows, -1, lanes), t.dtype)  # [rows, blocks, w, lanes]
+    sram[slices, addresses[:, :, None]] = planes
+
+
+def load(sram: np.ndarray, t: Tensor, chip: Chip) -> np.ndarray:
+    slices, addresses = tensor_locations(t, chip)
+    planes = sram[slices, addresses[:, :, None]]  # [rows, blocks, w, lanes]
+    return planes_to_values(planes, t.dtype).reshape(t.rows, -1)[:, : t.cols]
+
+
+def new_sram(chip: Chip) -> np.ndarray:
+    return np.zeros((chip.mem_slices, chip.mem.addresses_per_slice, chip.lanes.lanes), np.uint8)
+
+
+def overlaps(tensors: tuple[Tensor, ...], chip: Chip) -> tuple[str, str] | None:
+    """The first pair of tensors sharing an SRAM vector, if any."""
+    keys, owners = [], []
+    for n, t in enumerate(tensors):
+        slices, addresses = tensor_locations(t, chip)
+        k = (slices * chip.mem.addresses_per_slice + addresses[:, :, None]).ravel()
+        keys.append(np.unique(k))
+        owners.append(np.full(len(keys[-1]), n))
+    if not keys:
+        return None
+    k, o = np.concatenate(keys), np.concatenate(owners)
+    order = np.argsort(k, kind="stable")
+    same = np.flatnonzero(k[order][1:] == k[order][:-1])
+    if not len(same):
+        return None
+    i = same[0]
+    return tensors[o[order[i]]].name, tensors[o[order[i + 1]]].name

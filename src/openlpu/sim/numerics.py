@@ -1,0 +1,157 @@
+"""Numerics as the hardware does them: byte planes on streams, conversions, VXM functions and MXM dot products.
+
+- Streams carry one byte per lane; a w-byte element is w byte planes (little-endian: the first stream holds the
+  low byte), as the chip's byte-planar ("STRIDED") layout does.
+- VXM arithmetic runs in fp32 / int32 (reference 1.4). fp16 operands are widened to fp32 and the result rounded
+  back to the element type. Integer add/sub/mul wrap around in the element width.
+- Transcendentals are computed in fp64 and rounded once to the element type: correctly rounded in practice, and
+  the same on every machine.
+- Conversions round to nearest, ties to even; float -> int and wide -> narrow int saturate; fp32 -> fp16
+  saturates to +-65504 instead of overflowing to infinity (reference 7 #14, `cast(fp16_inf=False)`); NaN -> int
+  gives 0.
+- MXM: int8 x int8 products summed exactly into int32 (wrapping); fp16 x fp16 products summed in fp64 and rounded
+  once to fp32 per 320-deep pass (TruePoint modelled as wide accumulation, reference 7 #14); accumulation
+  across passes in the accumulator is fp32 (int32 for int8).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from openlpu.isa.opcodes import Opcode
+from openlpu.isa.types import DType
+
+FP16_MAX = 65504.0
+INT_LIMITS = {DType.INT8: (-128, 127), DType.INT16: (-32768, 32767), DType.INT32: (-(2**31), 2**31 - 1)}
+COMPUTE_TYPE = {DType.INT8: np.int32, DType.INT16: np.int32, DType.INT32: np.int32,
+                DType.FP16: np.float32, DType.FP32: np.float32}
+
+
+def planes_to_values(planes: np.ndarray, dtype: DType) -> np.ndarray:
+    """[..., w, lanes] uint8 byte planes -> [..., lanes] values of `dtype`."""
+    moved = np.ascontiguousarray(np.moveaxis(planes, -2, -1))  # [..., lanes, w]
+    return moved.view(dtype.numpy)[..., 0]
+
+
+def values_to_planes(values: np.ndarray, dtype: DType) -> np.ndarray:
+    """[..., lanes] values -> [..., w, lanes] uint8 byte planes."""
+    raw = np.ascontiguousarray(values.astype(dtype.numpy)).view(np.uint8)
+    raw = raw.reshape(*values.shape, dtype.width_bytes)
+    return np.ascontiguousarray(np.moveaxis(raw, -1, -2))
+
+
+def widen(values: np.ndarray, dtype: DType) -> np.ndarray:
+    """Element type -> the VXM compute type (fp32 or int32)."""
+    return values.astype(COMPUTE_TYPE[dtype])
+
+
+def narrow(values: np.ndarray, dtype: DType) -> np.ndarray:
+    """Compute-type result -> element type: floats round to nearest even (saturating fp16); ints wrap."""
+    if dtype is DType.FP16:
+        return _saturate_fp16(values.astype(np.float32))
+    if dtype is DType.FP32:
+        return values.astype(np.float32)
+    return values.astype(np.int64).astype(dtype.numpy)  # two's-complement wrap
+
+
+def _saturate_fp16(x32: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        h = x32.astype(np.float16)
+    over = np.isinf(h) & np.isfinite(x32)
+    if over.any():
+        h = np.where(over, np.copysign(np.float16(FP16_MAX), x32).astype(np.float16), h)
+    return h
+
+
+def convert(values: np.ndarray, src: DType, dst: DType) -> np.ndarray:
+    """The VXM `cast`: round to nearest even, saturate, NaN -> 0 for integer targets."""
+    if dst.is_float:
+        if dst is DType.FP16:
+            return _saturate_fp16(values.astype(np.float64).astype(np.float32))
+        return values.astype(np.float64).astype(np.float32)
+    lo, hi = INT_LIMITS[dst]
+    if src.is_float:
+        x = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=hi, neginf=lo)
+        return np.clip(np.rint(x), lo, hi).astype(dst.numpy)
+    return np.clip(values.astype(np.int64), lo, hi).astype(dst.numpy)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+_FLOAT_UNARY = {
+    Opcode.EXP: np.exp,
+    Opcode.RECIP: lambda x: 1.0 / x,
+    Opcode.RSQRT: lambda x: 1.0 / np.sqrt(x),
+    Opcode.TANH: np.tanh,
+    Opcode.SIGMOID: _sigmoid,
+    Opcode.SILU: lambda x: x * _sigmoid(x),
+}
+
+_SIMPLE_UNARY = {
+    Opcode.COPY: lambda x: x,
+    Opcode.NEG: np.negative,
+    Opcode.ABS: np.abs,
+    Opcode.RELU: lambda x: np.maximum(x, 0),
+}
+
+_BINARY = {
+    Opcode.ADD: np.add,
+    Opcode.SUB: np.subtract,
+    Opcode.MUL: np.multiply,
+    Opcode.MAX: np.maximum,
+    Opcode.MIN: np.minimum,
+    Opcode.CMP_EQ: lambda x, y: (x == y).astype(x.dtype),
+    Opcode.CMP_LT: lambda x, y: (x < y).astype(x.dtype),
+    Opcode.CMP_LE: lambda x, y: (x <= y).astype(x.dtype),
+}
+
+
+def vxm_unary(op: Opcode, x: np.ndarray, dtype: DType) -> np.ndarray:
+    if op in _FLOAT_UNARY:
+        with np.errstate(all="ignore"):
+            return narrow(_FLOAT_UNARY[op](x.astype(np.float64)), dtype)
+    with np.errstate(all="ignore"):
+        return narrow(_SIMPLE_UNARY[op](widen(x, dtype)), dtype)
+
+
+def vxm_binary(op: Opcode, x: np.ndarray, y: np.ndarray, dtype: DType) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return narrow(_BINARY[op](widen(x, dtype), widen(y, dtype)), dtype)
+
+
+def vxm_select(mask: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.where(mask != 0, x, y)
+
+
+def mxm_pass(acts: np.ndarray, weights: np.ndarray, dtype: DType) -> np.ndarray:
+    """One pass through a plane: acts [M, K] x weights [K, N] -> [M, N] int32 (int8) or fp32 (fp16)."""
+    if dtype is DType.INT8:
+        return (acts.astype(np.int64) @ weights.astype(np.int64)).astype(np.int32)
+    a64, w64 = acts.astype(np.float64), weights.astype(np.float64)
+    out = np.empty((acts.shape[0], weights.shape[1]), np.float32)
+    for m in range(0, acts.shape[0], _ROWS_PER_CHUNK):
+        products = a64[m:m + _ROWS_PER_CHUNK, :, None] * w64[None, :, :]
+        out[m:m + _ROWS_PER_CHUNK] = _ordered_sum(products)
+    return out
+
+
+_ROWS_PER_CHUNK = 16
+
+
+def _ordered_sum(products: np.ndarray) -> np.ndarray:
+    """Sum over axis 1 in fp64 with one fixed order (a pairwise tree), independent of the batch size."""
+    x = products
+    while x.shape[1] > 1:
+        half = x.shape[1] // 2
+        head = x[:, :half] + x[:, half:2 * half]
+        x = np.concatenate([head, x[:, 2 * half:]], axis=1) if x.shape[1] % 2 else head
+    return x[:, 0]
+
+
+def accumulate(old: np.ndarray, new: np.ndarray, dtype: DType) -> np.ndarray:
+    """Accumulator update: int32 wrap-around for int8 passes, fp32 addition for fp16 passes."""
+    if dtype is DType.INT8:
+        return (old.astype(np.int64) + new).astype(np.int32)
+    return (old + new).astype(np.float32)
