@@ -51,7 +51,7 @@ class GraphBuilder:
             shape, dtype = infer(op, [self._types[i] for i in inputs], attrs)
         except ShapeError as err:
             raise IRError(f"graph {self.name!r}, node {name!r} ({op.value}): {err}") from None
-        node = make_node(name, op, inputs, shape, dtype, **attrs)
+        node = make_node(name, op, inputs, shape, dtype, attrs)
         self._nodes.append(node)
         return self._define(node.value)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from openlpu.errors import UserError
@@ -174,10 +175,15 @@ class Node:
 
 
 def make_node(
-    name: str, op: Op, inputs: tuple[str, ...] | list[str], shape: tuple[int, ...], dtype: str, **attrs: AttrValue
+    name: str,
+    op: Op,
+    inputs: tuple[str, ...] | list[str],
+    shape: tuple[int, ...],
+    dtype: str,
+    attrs: Mapping[str, AttrValue] | None = None,
 ) -> Node:
-    """Build a `Node`, sorting the keyword attributes into canonical order."""
-    return Node(name, op, tuple(inputs), tuple(sorted(attrs.items())), tuple(shape), dtype)
+    """Build a `Node`, sorting the attributes into canonical order."""
+    return Node(name, op, tuple(inputs), tuple(sorted((attrs or {}).items())), tuple(shape), dtype)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,6 @@ from openlpu.isa.opcodes import OPERANDS, Family, Opcode
 from openlpu.isa.program import Check, CheckMode, Init, InitKind, Placement, Program, Tensor, make_program
 from openlpu.isa.types import Direction, DType, QueueId, StreamRef
 
-# ---------------------------------------------------------------------------------------------------- values
-
 _INT = re.compile(r"-?[0-9]+")
 _FLOAT = re.compile(r"-?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[-+]?[0-9]+)?|inf|nan)")
 _STREAM = re.compile(r"([EW])([0-9]+)")
@@ -54,10 +52,6 @@ def _parse_number(text: str) -> int | float:
 
 def _format_number(value: float | int) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
-
-
-def _parse_float(text: str) -> float:
-    return float(_parse_number(text))
 
 
 def _parse_stream(text: str) -> StreamRef:
@@ -89,15 +83,13 @@ def _parse_map16(text: str) -> tuple[int, ...]:
     return tuple(_parse_int(item) for item in items)
 
 
-_STREAM_IO = (_parse_stream, str)
-_INT_IO = (_parse_int, str)
 _DTYPE_IO = (_parse_dtype, lambda d: d.value)
 
 #: Operand field -> (parse text to value, print value to text). A test checks it covers every operand field.
 FIELDS: dict[str, tuple[Callable[[str], Any], Callable[[Any], str]]] = {
-    **{name: _INT_IO for name in ("n", "d", "superlanes", "addr", "stride", "plane", "row", "slot", "lanes",
-                                  "rotate")},
-    **{name: _STREAM_IO for name in ("map", "a", "b", "c", "out")},
+    **{name: (_parse_int, str)
+       for name in ("n", "d", "superlanes", "addr", "stride", "plane", "row", "slot", "lanes", "rotate")},
+    **{name: (_parse_stream, str) for name in ("map", "a", "b", "c", "out")},
     "imm": (_parse_number, _format_number),
     "dtype": _DTYPE_IO,
     "to": _DTYPE_IO,
@@ -107,15 +99,19 @@ FIELDS: dict[str, tuple[Callable[[str], Any], Callable[[Any], str]]] = {
 
 # -------------------------------------------------------------------------------------------------- printing
 
-_INIT_ARITY = {InitKind.ZEROS: (0, 0), InitKind.CONST: (1, 1), InitKind.RANDOM: (3, 3), InitKind.RANGE: (2, 2),
-               InitKind.VALUES: (1, None)}
-_INIT_USAGE = {InitKind.ZEROS: "zeros", InitKind.CONST: "const(V)", InitKind.RANDOM: "random(SEED, LOW, HIGH)",
-               InitKind.RANGE: "range(START, STEP)", InitKind.VALUES: "values(V0, V1, ...)"}
+#: Initializer kind -> (usage, least and most arguments; None = any number).
+_INIT_FORMS: dict[InitKind, tuple[str, int, int | None]] = {
+    InitKind.ZEROS: ("zeros", 0, 0), InitKind.CONST: ("const(V)", 1, 1),
+    InitKind.RANDOM: ("random(SEED, LOW, HIGH)", 3, 3), InitKind.RANGE: ("range(START, STEP)", 2, 2),
+    InitKind.VALUES: ("values(V0, V1, ...)", 1, None),
+}
 _CHECK_KEYWORD = re.compile(r"(rtol|atol)=")
 
 
 def print_program(p: Program) -> str:
     """The assembly text of `p`: declarations first, then one section per queue in the program's order."""
+    for name in (p.name, p.chip or "chip"):
+        _require(_TOKEN.fullmatch(name) is not None and ";" not in name, f"name {name!r} is not one token")
     lines = [f".program {p.name}"] + ([f".chip {p.chip}"] if p.chip is not None else [])
     lines += [_format_tensor(t) for t in p.tensors] + [_format_check(c) for c in p.checks]
     for queue, instrs in p.queues:
@@ -152,10 +148,10 @@ def _format_check(c: Check) -> str:
     _require(c.target.isidentifier(), f"check target {c.target!r} is not an identifier")
     ok = c.expr == c.expr.strip() != "" and not any(ch in c.expr for ch in ";\n") \
         and not any(_CHECK_KEYWORD.match(word) for word in c.expr.split())
-    _require(ok, f"check expression {c.expr!r} cannot be printed (empty, padded, or has ';', newline, rtol=/atol=)")
-    _require(c.mode is CheckMode.CLOSE or c.rtol == c.atol == 0, f"exact check on {c.target!r} has a tolerance")
+    _require(ok, f"check expression {c.expr!r} is empty, padded, or has ';', a newline, rtol= or atol=")
+    _require(c.mode is CheckMode.CLOSE or c.rtol == c.atol == 0, f"'==' check of {c.target!r} has rtol/atol")
     text = f".check {c.target} {c.mode.value} {c.expr}"
-    return text + (f" rtol={c.rtol!r} atol={c.atol!r}" if c.mode is CheckMode.CLOSE else "")
+    return text + (f" rtol={float(c.rtol)!r} atol={float(c.atol)!r}" if c.mode is CheckMode.CLOSE else "")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -227,8 +223,8 @@ class _Parser:
         head = tokens[0]
         handler = _DIRECTIVES.get(head.text)
         if handler is None:
-            raise line.error(f"unknown directive {head.text!r}{_did_you_mean(head.text, _DIRECTIVES)}; "
-                             f"expected one of {', '.join(_DIRECTIVES)}", head.column)
+            hint = _did_you_mean(head.text, _DIRECTIVES) or f"; expected one of {', '.join(_DIRECTIVES)}"
+            raise line.error(f"unknown directive {head.text!r}{hint}", head.column)
         if head.text != ".queue" and self.queues:
             raise line.error(f"{head.text} after a .queue section; declarations go before the first .queue",
                              head.column)
@@ -247,12 +243,10 @@ class _Parser:
     def tensor(self, line: _Line, tokens: list[_Token]) -> None:
         t = _parse_tensor(line, tokens)
         if t.name in self.tensors:
-            raise line.error(f"duplicate tensor {t.name!r} (first declared on line {self.tensors[t.name][1]})",
+            first = self.tensors[t.name][1]
+            raise line.error(f"duplicate tensor {t.name!r} (first declared on line {first})",
                              tokens[1].column)
         self.tensors[t.name] = (t, line.number)
-
-    def check(self, line: _Line, tokens: list[_Token]) -> None:
-        self.checks.append(_parse_check(line, tokens))
 
     def queue_(self, line: _Line, tokens: list[_Token]) -> None:
         self.flush_label()
@@ -284,7 +278,7 @@ class _Parser:
     def take_label(self, line: _Line, token: _Token) -> None:
         name = token.text[:-1]
         if not name.isidentifier():
-            raise line.error(f"bad label {token.text!r}; expected an identifier followed by ':'", token.column)
+            raise line.error(f"bad label {token.text!r}; expected an identifier and ':'", token.column)
         if self.label is not None:
             raise line.error(f"label {name!r} follows label {self.label[0]!r} with no instruction between; "
                              "an instruction has at most one label", token.column)
@@ -306,7 +300,8 @@ class _Parser:
 
 
 _DIRECTIVES: dict[str, Callable[[_Parser, _Line, list[_Token]], None]] = {
-    ".program": _Parser.program, ".chip": _Parser.chip_, ".tensor": _Parser.tensor, ".check": _Parser.check,
+    ".program": _Parser.program, ".chip": _Parser.chip_, ".tensor": _Parser.tensor,
+    ".check": lambda self, line, tokens: self.checks.append(_parse_check(line, tokens)),
     ".queue": _Parser.queue_,
 }
 
@@ -350,7 +345,8 @@ def _parse_instruction(line: _Line, tokens: list[_Token], label: str | None) -> 
             raise line.error(f"expected KEY=VALUE operand, got {token.text!r}", token.column)
         if key not in allowed:
             takes = ", ".join(allowed) if allowed else "no operands"
-            raise line.error(f"unknown operand {key!r} for {op.value}; {op.value} takes {takes}", token.column)
+            raise line.error(f"unknown operand {key!r} for {op.value}; {op.value} takes {takes}",
+                             token.column)
         if key in values:
             raise line.error(f"duplicate operand {key!r}", token.column)
         values[key] = _value(line, token.column + len(key) + 1, text, FIELDS[key][0], key)
@@ -369,6 +365,7 @@ def _parse_tensor(line: _Line, tokens: list[_Token]) -> Tensor:
     name, dtype, shape, at, where, addr = words[:6]
     if not name.text.isidentifier():
         raise line.error(f"bad tensor name {name.text!r}; expected an identifier", name.column)
+    dtype_ = _value(line, dtype.column, dtype.text, _parse_dtype, "dtype")
     shape_m = _expect(line, shape, _SHAPE, "a shape ROWSxCOLS such as 8x320")
     _expect(line, at, re.compile("@"), "'@' before the placement")
     where_m = _expect(line, where, _WHERE, "a placement HEMI:FIRST_SLICE such as w:10")
@@ -380,8 +377,8 @@ def _parse_tensor(line: _Line, tokens: list[_Token]) -> Tensor:
     if equals + 1 == len(tokens):
         raise line.error("expected INIT after '='", line.end_column())
     init = _parse_init(line, tokens[equals + 1]) if equals + 1 < len(tokens) else None
-    return Tensor(name=name.text, dtype=_value(line, dtype.column, dtype.text, _parse_dtype, "dtype"),
-                  rows=int(shape_m[1]), cols=int(shape_m[2]), placement=placement, init=init)
+    rows, cols = int(shape_m[1]), int(shape_m[2])
+    return Tensor(name=name.text, dtype=dtype_, rows=rows, cols=cols, placement=placement, init=init)
 
 
 def _expect(line: _Line, token: _Token, pattern: re.Pattern[str], what: str) -> re.Match[str]:
@@ -406,13 +403,13 @@ def _parse_init(line: _Line, start: _Token) -> Init:
     m = _INIT.fullmatch(text)
     kind = next((k for k in InitKind if m and k.value == m[1]), None)
     if m is None or kind is None:
-        forms = ", ".join(_INIT_USAGE.values())
+        forms = ", ".join(usage for usage, _, _ in _INIT_FORMS.values())
         raise line.error(f"bad initializer {text!r}; expected one of {forms}", start.column)
     raw = m[2].split(",") if m[2] and m[2].strip() else []
     args = tuple(_value(line, start.column, a.strip(), _parse_number, f"{kind.value} argument") for a in raw)
-    low, high = _INIT_ARITY[kind]
+    usage, low, high = _INIT_FORMS[kind]
     if len(args) < low or (high is not None and len(args) > high):
-        raise line.error(f"{kind.value} takes {_INIT_USAGE[kind]}, got {len(args)} argument(s)", start.column)
+        raise line.error(f"{kind.value} takes {usage}, got {len(args)} argument(s)", start.column)
     return Init(kind=kind, args=args)
 
 
@@ -425,7 +422,8 @@ def _parse_check(line: _Line, tokens: list[_Token]) -> Check:
         raise line.error(f"bad check target {target.text!r}; expected a tensor name", target.column)
     modes = {m.value: m for m in CheckMode}
     if mode_token.text not in modes:
-        raise line.error(f"expected '==' or '~=' after the target, got {mode_token.text!r}", mode_token.column)
+        raise line.error(f"expected '==' or '~=' after the target, got {mode_token.text!r}",
+                         mode_token.column)
     mode = modes[mode_token.text]
     first_kw = next((i for i in range(3, len(tokens)) if _CHECK_KEYWORD.match(tokens[i].text)), len(tokens))
     if first_kw == 3:
@@ -434,11 +432,11 @@ def _parse_check(line: _Line, tokens: list[_Token]) -> Check:
     for token in tokens[first_kw:]:
         key, _, text = token.text.partition("=")
         if not _CHECK_KEYWORD.match(token.text) or key in tolerances:
-            raise line.error(f"unexpected {token.text!r}; only one rtol= and one atol= may follow the expression",
-                             token.column)
+            raise line.error(f"unexpected {token.text!r}; only rtol= and atol= (once each) may follow the "
+                             "expression", token.column)
         if mode is CheckMode.EXACT:
             raise line.error(f"{key}= only applies to '~=' checks; '==' is exact", token.column)
-        tolerances[key] = _value(line, token.column + len(key) + 1, text, _parse_float, key)
+        tolerances[key] = float(_value(line, token.column + len(key) + 1, text, _parse_number, key))
     end = tokens[first_kw] if first_kw < len(tokens) else None
     return Check(target=target.text, mode=mode, expr=line.rest(tokens[3], end), **tolerances)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from openlpu.errors import ScheduleError
@@ -20,7 +22,8 @@ class Machine:
         rows = sim.chip.mxm.plane_rows
         self.shadow: dict = {}  # plane -> weights [rows, cols] being loaded
         self.active: dict = {}  # plane -> installed weights
-        self.acc: dict = {}  # plane -> accumulator [slots, cols] (int32 or fp32 by the writing ABC)
+        self.acc: dict = {}  # plane -> {slot: landed accumulator vector (int32 or fp32)}
+        self.pending: dict = {}  # plane -> heap of ABC products still in flight
         self.rows = rows
 
     # -- stream plumbing -------------------------------------------------------------------------------------
@@ -130,18 +133,28 @@ class Machine:
             self.active[key] = self.shadow.pop(key)
 
     def abc(self, events: np.ndarray, ins: Instruction) -> None:
+        """Multiply at issue with the weights installed then; the product lands in its slot `abc_latency` later."""
         acts = self.values(events, 0, ins.dtype)
         planes = [self.s.plane_of(e) for e in events.tolist()]
+        latency = self.s.chip.mxm.abc_latency_cycles
         for key in dict.fromkeys(planes):
-            mine = np.array([p == key for p in planes])
+            mine = np.flatnonzero(np.array([p == key for p in planes]))
             result = nx.mxm_pass(acts[mine], self.active[key], ins.dtype)
-            acc = self.acc.setdefault(key, {})
-            add = [self.s.ev.templates[self.s.ev.template[e]].instruction.accumulate for e in events[mine].tolist()]
-            for e, r, accumulate in zip(events[mine].tolist(), result, add):
-                slot = int(self.s.slot[e])
-                acc[slot] = nx.accumulate(acc[slot], r, ins.dtype) if accumulate and slot in acc else r
+            pending = self.pending.setdefault(key, [])
+            for e, r in zip(events[mine].tolist(), result):
+                add = bool(self.s.ev.templates[self.s.ev.template[e]].instruction.accumulate)
+                heapq.heappush(pending, (int(self.s.ev.cycle[e]) + latency, e, int(self.s.slot[e]), add, r, ins.dtype))
+
+    def _land(self, key, cycle: int) -> dict:
+        """Apply, in landing order, every pending ABC product of plane `key` that has landed by `cycle`."""
+        acc, pending = self.acc.setdefault(key, {}), self.pending.setdefault(key, [])
+        while pending and pending[0][0] <= cycle:
+            _, _, slot, add, r, dtype = heapq.heappop(pending)
+            acc[slot] = nx.accumulate(acc[slot], r, dtype) if add and slot in acc else r
+        return acc
 
     def acc_(self, events: np.ndarray, ins: Instruction) -> None:
-        values = np.stack([self.acc[self.s.plane_of(e)][int(self.s.slot[e])] for e in events.tolist()])
+        values = np.stack([self._land(self.s.plane_of(e), int(self.s.ev.cycle[e]))[int(self.s.slot[e])]
+                           for e in events.tolist()])
         dt = DType.INT32 if values.dtype == np.int32 else DType.FP32
         self.output(events, nx.values_to_planes(values, dt))

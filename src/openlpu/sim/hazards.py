@@ -99,15 +99,21 @@ def _wide_dependencies(mem, slices, when, w, r, is_wide, cycle, first_use) -> No
 
 
 class MxmChecker:
-    """Walks MXM events in issue order per plane: weights installed before use, accumulators ready before read,
-    the fp16 issue interval respected; records dependency edges."""
+    """Walks MXM events in issue order per plane: weights installed before use, the fp16 issue interval respected,
+    accumulator slots holding a completed result when an ACC reads them; records dependency edges.
+
+    An ABC reads its activation and the installed weights at issue and lands in its accumulator slot
+    `mxm.abc_latency_cycles` later; an ACC reads the slot at issue. So an ACC sees exactly the ABCs that completed
+    by then, and may legally read a slot while the next ABC into it is still in flight.
+    """
 
     def __init__(self, chip: Chip, ev: Events, first_use: np.ndarray, describe: Describe) -> None:
         self.chip, self.ev, self.first_use, self.describe = chip, ev, first_use, describe
         self.shadow: dict = {}  # plane -> (dtype, [lw events])
-        self.installs: dict = {}  # plane -> list of (effective cycle, dtype, iw event)
+        self.installed: dict = {}  # plane -> list of (effective cycle, dtype, iw event), in issue order
         self.last_abc: dict = {}  # plane -> cycle
-        self.slots: dict = {}  # (plane, slot) -> (event, completes)
+        self.abcs: dict = {}  # (plane, slot) -> list of (completes, event)
+        self.accs: list = []  # (plane, slot, cycle, event)
 
     def run(self, events: np.ndarray, slot: np.ndarray) -> None:
         for e in events.tolist():
@@ -115,49 +121,62 @@ class MxmChecker:
             plane = (t.queue.hemisphere, t.instruction.plane)
             getattr(self, "_" + t.instruction.op.value)(e, plane, t.instruction, int(self.ev.cycle[e]),
                                                         int(slot[e]))
+        self._link_accumulators()
 
     def _lw(self, e, plane, ins, cycle, _slot) -> None:
         dtype, lws = self.shadow.get(plane, (ins.dtype, []))
         if dtype is not ins.dtype:
-            raise ScheduleError(f"{self.describe(e)}: loads {ins.dtype.value} rows into a shadow buffer that "
+            raise ScheduleError(f"{self.describe(e)}loads {ins.dtype.value} rows into a shadow buffer that "
                                 f"already holds {dtype.value} rows; install (IW) them first")
         self.shadow[plane] = (dtype, lws + [e])
 
     def _iw(self, e, plane, ins, cycle, _slot) -> None:
         if plane not in self.shadow:
-            raise ScheduleError(f"{self.describe(e)}: installs an empty shadow buffer; load weights with LW first")
+            raise ScheduleError(f"{self.describe(e)}installs an empty shadow buffer; load weights with LW first")
         dtype, lws = self.shadow.pop(plane)
         np.minimum.at(self.first_use, np.array(lws), cycle)
-        self.installs.setdefault(plane, []).append((cycle + self.chip.mxm.iw_latency_cycles, dtype, e))
+        self.installed.setdefault(plane, []).append((cycle + self.chip.mxm.iw_latency_cycles, dtype, e))
 
     def _abc(self, e, plane, ins, cycle, slot) -> None:
-        active = [i for i in self.installs.get(plane, []) if i[0] <= cycle]
+        active = [i for i in self.installed.get(plane, [])[-2:] if i[0] <= cycle]
         if not active:
-            raise ScheduleError(f"{self.describe(e)}: MXM plane {plane[1]} ({plane[0].value}) is used before "
-                                "weights are installed; issue LW and IW, and ABC at least iw latency later")
+            raise ScheduleError(f"{self.describe(e)}MXM plane {plane[1]} ({plane[0].value}) is used before "
+                                "weights are installed; issue LW and IW, and the ABC at least "
+                                f"{self.chip.mxm.iw_latency_cycles} cycle(s) after the IW")
         _, dtype, iw = active[-1]
         if dtype is not ins.dtype:
-            raise ScheduleError(f"{self.describe(e)}: streams {ins.dtype.value} activations into "
+            raise ScheduleError(f"{self.describe(e)}streams {ins.dtype.value} activations into "
                                 f"{dtype.value} weights")
         self.first_use[iw] = min(self.first_use[iw], cycle)
         gap = self.chip.mxm.fp16_issue_interval_cycles if dtype is DType.FP16 else 1
         if plane in self.last_abc and cycle - self.last_abc[plane] < gap:
-            raise ScheduleError(f"{self.describe(e)}: fp16 ABC issued {cycle - self.last_abc[plane]} cycle(s) "
-                                f"after the previous one on this plane pair; the pair takes one every {gap}")
+            raise ScheduleError(f"{self.describe(e)}ABC issued {cycle - self.last_abc[plane]} cycle(s) after the "
+                                f"previous one on this plane; {dtype.value} takes one every {gap}")
         self.last_abc[plane] = cycle
-        self._touch_slot(e, plane, slot, cycle)
-        self.slots[(plane, slot)] = (e, cycle + self.chip.mxm.abc_latency_cycles)
+        self.abcs.setdefault((plane, slot), []).append((cycle + self.chip.mxm.abc_latency_cycles, e))
 
     def _acc(self, e, plane, ins, cycle, slot) -> None:
-        if (plane, slot) not in self.slots:
-            raise ScheduleError(f"{self.describe(e)}: reads accumulator slot {slot}, which no ABC has written")
-        _, done = self.slots[(plane, slot)]
-        if done > cycle:
-            raise ScheduleError(f"{self.describe(e)}: reads accumulator slot {slot} at cycle {cycle}, but the ABC "
-                                f"writing it completes at cycle {done}; issue the ACC {done - cycle} cycle(s) later")
-        self._touch_slot(e, plane, slot, cycle)
+        self.accs.append((plane, slot, cycle, e))
 
-    def _touch_slot(self, e, plane, slot, cycle) -> None:
-        prev = self.slots.get((plane, slot))
-        if prev is not None:
-            self.first_use[prev[0]] = min(self.first_use[prev[0]], cycle)
+    def _link_accumulators(self) -> None:
+        """Each ACC needs a completed ABC in its slot; each ABC is first used by the next ACC after it lands."""
+        for plane, slot, cycle, e in self.accs:
+            landed = [(done, a) for done, a in self.abcs.get((plane, slot), []) if done <= cycle]
+            if not landed:
+                pending = self.abcs.get((plane, slot))
+                hint = (f"; the first ABC into it lands at cycle {pending[0][0]}, so issue the ACC "
+                        f"{pending[0][0] - cycle} cycle(s) later") if pending else ""
+                raise ScheduleError(f"{self.describe(e)}reads accumulator slot {slot}, which holds no completed "
+                                    f"ABC result at cycle {cycle}{hint}")
+        by_slot: dict = {}
+        for plane, slot, cycle, _ in self.accs:
+            by_slot.setdefault((plane, slot), []).append(cycle)
+        for key, abcs in self.abcs.items():
+            reads = np.sort(np.array(by_slot.get(key, []), dtype=np.int64))
+            if not len(reads):
+                continue
+            done = np.array([d for d, _ in abcs], dtype=np.int64)
+            nxt = np.searchsorted(reads, done, side="left")
+            ok = nxt < len(reads)
+            ev = np.array([a for _, a in abcs], dtype=np.int64)
+            np.minimum.at(self.first_use, ev[ok], reads[nxt[ok]])

@@ -1,0 +1,251 @@
+"""The `openlpu` command line: inspect a chip, run an assembly program, run the shipped examples.
+
+Every `UserError` (bad chip file, bad assembly, illegal program or schedule) ends the command with a clean red
+message and exit code 2; a failed `.check` ends it with exit code 1. Other exceptions are bugs and propagate.
+Figures are exact integers (cycles, bytes); seconds and rates are derived only for display.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from openlpu.errors import UserError
+from openlpu.hardware.chip import Chip, load_chip, preset_names
+from openlpu.isa.asm import load_program
+from openlpu.isa.program import Program
+from openlpu.sim.engine import Result, simulate
+
+DEFAULT_CHIP = "groqchip1"
+USER_ERROR_EXIT = 2
+CHECK_FAILED_EXIT = 1
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class _Group(TyperGroup):
+    """Turns a UserError raised by any subcommand into a red one-paragraph message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            err.print(Text.assemble(("error: ", "bold red"), (str(e), "red")), soft_wrap=True)
+            raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+app = typer.Typer(
+    cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+    help="OpenLPU: an open, executable model of a deterministic, SRAM-only, compiler-scheduled chip.",
+)
+chip_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Inspect chip descriptions (presets or TOML files).")
+app.add_typer(chip_app, name="chip")
+
+ChipOption = Annotated[
+    str | None,
+    typer.Option("--chip", metavar="PRESET_OR_PATH", help="Chip preset name or chip TOML file."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+
+def main() -> None:
+    """Console entry point (`openlpu`)."""
+    app()
+
+
+# ------------------------------------------------------------------------------------------------- units
+
+
+def _scaled(value: float, unit: str, prefixes: tuple[str, ...], base: int) -> str:
+    """`value` with the largest prefix that keeps it >= 1, e.g. 737.28 T + unit."""
+    i = 0
+    while i + 1 < len(prefixes) and abs(value) >= base ** (i + 1):
+        i += 1
+    scaled = value / base**i
+    return f"{scaled:,.6g} {prefixes[i]}{unit}"
+
+
+def _si(unit: str) -> Callable[[int], str]:
+    return lambda v: _scaled(v, unit, ("", "k", "M", "G", "T", "P", "E"), 1000)
+
+
+def _binary(unit: str) -> Callable[[int], str]:
+    return lambda v: _scaled(v, unit, ("", "Ki", "Mi", "Gi", "Ti"), 1024)
+
+
+def _plain(unit: str) -> Callable[[int], str]:
+    return lambda v: f"{v:,} {unit}"
+
+
+#: summary() key -> (label, human form of the exact integer). Keys missing here are shown without a human form.
+SUMMARY_FORMAT: dict[str, tuple[str, Callable[[int], str] | None]] = {
+    "clock_hz": ("clock", _si("Hz")),
+    "lanes": ("lanes per vector", None),
+    "vector_bytes": ("vector", _binary("B")),
+    "mem_slices": ("MEM slices", None),
+    "sram_bytes": ("SRAM", _binary("B")),
+    "sram_read_bytes_per_cycle": ("SRAM read per cycle", _binary("B/cycle")),
+    "sram_bytes_per_cycle": ("SRAM read+write per cycle", _binary("B/cycle")),
+    "sram_bandwidth_bytes_per_second": ("SRAM bandwidth", _si("B/s")),
+    "macs_per_cycle_int8": ("int8 MACs per cycle", _plain("MAC/cycle")),
+    "macs_per_cycle_fp16": ("fp16 MACs per cycle", _plain("MAC/cycle")),
+    "peak_int8_ops_per_second": ("peak int8", _si("OPS")),
+    "peak_fp16_flops_per_second": ("peak fp16", _si("FLOPS")),
+    "vxm_alus": ("VXM ALUs (all lanes)", None),
+    "instruction_queues": ("instruction queues", None),
+}
+
+
+#: Result.utilisation key -> what its fraction counts.
+UTILISATION_LABEL = {
+    "mem": "MEM slices (issues per slice-cycle)",
+    "vxm": "VXM ALUs (issues per ALU-cycle)",
+    "sxm": "SXM queues (issues per queue-cycle)",
+    "mxm_macs": "MXM (MACs of peak int8)",
+}
+
+
+def _micros(cycles: int, clock_hz: int) -> str:
+    return f"{cycles * 1_000_000 / clock_hz:,.3f}"
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+# -------------------------------------------------------------------------------------------------- chip
+
+
+@chip_app.command("show")
+def chip_show(
+    preset_or_path: Annotated[
+        str | None, typer.Argument(metavar="[PRESET_OR_PATH]", help=f"Preset name or TOML file [default: {DEFAULT_CHIP}].")
+    ] = None,
+    chip: ChipOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a chip's derived figures: exact integers with human units beside them."""
+    if preset_or_path and chip and preset_or_path != chip:
+        raise typer.BadParameter(f"two chips given ({preset_or_path!r} and --chip {chip!r}); give one")
+    c = load_chip(preset_or_path or chip or DEFAULT_CHIP)
+    summary = c.summary()
+    if as_json:
+        _print_json(summary)
+        return
+    table = Table(title=f"{c.name} ({c.source})", title_justify="left")
+    table.add_column("figure")
+    table.add_column("exact", justify="right")
+    table.add_column("human", justify="right", style="cyan")
+    for key, value in summary.items():
+        if key in ("name", "source"):
+            continue
+        label, human = SUMMARY_FORMAT.get(key, (key, None))
+        table.add_row(label, f"{value:,}" if isinstance(value, int) else str(value), human(value) if human else "")
+    out.print(table)
+
+
+@chip_app.command("list")
+def chip_list() -> None:
+    """List the chip presets shipped with OpenLPU."""
+    table = Table(title="chip presets", title_justify="left")
+    for column in ("preset", "clock", "SRAM", "peak int8", "peak fp16"):
+        table.add_column(column, justify="left" if column == "preset" else "right")
+    for name in preset_names():
+        s = load_chip(name).summary()
+        table.add_row(name, *(SUMMARY_FORMAT[k][1](s[k]) for k in  # type: ignore[misc]
+                              ("clock_hz", "sram_bytes", "peak_int8_ops_per_second", "peak_fp16_flops_per_second")))
+    out.print(table)
+
+
+# --------------------------------------------------------------------------------------------------- run
+
+
+def _chip_for(program: Program, chip: str | None) -> Chip:
+    """`--chip` if given, else the program's `.chip`, else the default preset."""
+    return load_chip(chip or program.chip or DEFAULT_CHIP)
+
+
+def _print_result(r: Result) -> None:
+    c = r.chip
+    out.print(Text.assemble(("program ", "bold"), r.program, " on ", (c.name, "bold"), f" ({c.source})"))
+    out.print(f"cycles        {r.cycles:,}")
+    out.print(f"time          {_micros(r.cycles, c.clock_hz)} µs at {_si('Hz')(c.clock_hz)}")
+    out.print(f"instructions  {r.instructions:,} listed, {r.events:,} issued (repeats expanded)")
+    table = Table(title="utilisation", title_justify="left")
+    table.add_column("unit")
+    table.add_column("busy", justify="right")
+    for key, fraction in r.utilisation.items():
+        table.add_row(UTILISATION_LABEL.get(key, key), f"{100 * fraction:.2f} %")
+    out.print(table)
+    for check in r.checks:
+        out.print(Text(check.describe(), style="green" if check.passed else "red"))
+    if not r.checks:
+        out.print(Text("no .check lines: nothing to verify", style="yellow"))
+    verdict = ("PASS", "bold green") if r.checks_passed else ("FAIL", "bold red")
+    out.print(Text.assemble(verdict, f": {sum(c.passed for c in r.checks)}/{len(r.checks)} checks passed"))
+
+
+@app.command("run")
+def run(
+    program: Annotated[Path, typer.Argument(metavar="PROGRAM.s", help="Assembly file to simulate.")],
+    chip: ChipOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Simulate an assembly program cycle-exactly and verify its `.check` lines (exit code 1 if one fails)."""
+    p = load_program(program)
+    r = simulate(p, _chip_for(p, chip))
+    if as_json:
+        _print_json(r.to_json())
+    else:
+        _print_result(r)
+    if not r.checks_passed:
+        raise typer.Exit(CHECK_FAILED_EXIT)
+
+
+# -------------------------------------------------------------------------------------------------- demo
+
+
+def example_paths() -> list[Path]:
+    """The example programs shipped in `openlpu/examples/`, sorted by name."""
+    folder = resources.files("openlpu") / "examples"
+    return sorted((Path(str(f)) for f in folder.iterdir() if f.name.endswith(".s")), key=lambda p: p.name)
+
+
+@app.command("demo")
+def demo(chip: ChipOption = None, as_json: JsonOption = False) -> None:
+    """Run every shipped example program and tabulate cycles, time and checks (exit code 1 if a check fails)."""
+    results = []
+    for path in example_paths():
+        p = load_program(path)
+        results.append((path, simulate(p, _chip_for(p, chip))))
+    passed = all(r.checks_passed for _, r in results)
+    if as_json:
+        _print_json({"programs": [r.to_json() for _, r in results], "checks_passed": passed})
+    else:
+        _print_demo(results)
+    if not passed:
+        raise typer.Exit(CHECK_FAILED_EXIT)
+
+
+def _print_demo(results: list[tuple[Path, Result]]) -> None:
+    table = Table(title="OpenLPU example programs (cycle-exact simulation)", title_justify="left")
+    for column in ("program", "chip", "cycles", "µs", "checks"):
+        table.add_column(column, justify="right" if column in ("cycles", "µs") else "left")
+    for path, r in results:
+        ok = sum(c.passed for c in r.checks)
+        checks = Text(f"{ok}/{len(r.checks)} ok", style="green" if r.checks_passed else "red")
+        table.add_row(path.name, r.chip.name, f"{r.cycles:,}", _micros(r.cycles, r.chip.clock_hz), checks)
+    out.print(table)
+    examples = example_paths()[0].parent if results else "openlpu/examples"
+    out.print(f"Programs are in {examples}; run one with `openlpu run PROGRAM.s`.", soft_wrap=True)

@@ -1,0 +1,173 @@
+"""Matrix x matrix on the MXM: C[M, N] = A[M, K] @ B[K, N], int8 (exact, int32 out) or fp16 (fp32 out).
+
+Schedule, per hemisphere (the N tiles are shared out between the two hemispheres' MXMs, each with its own copy of
+A in its own MEM slices):
+
+    for each block of up to `accumulator_vectors` rows of A:
+      for each 320-column tile of B:
+        for each 320-deep K tile:
+          LW  x (320 / rows-per-LW) cycles   32 MEM slices stream the tile's rows on all 32 inbound streams
+          IW                                 swap the loaded tile in
+          ABC x rows (every cycle; every 2nd for fp16)   A's rows stream in; products land in accumulator slots
+        ACC x rows                           results stream back out to C's MEM slices (overlaps the next tile)
+
+LW takes every inbound stream, so loads and activations alternate on the streams; that is the bound this kernel
+sits on (weight bytes / (32 streams x 320 B) cycles per hemisphere, plus the activation passes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from openlpu.errors import ProgramError
+from openlpu.hardware.chip import Chip
+from openlpu.hardware.geometry import Hemisphere
+from openlpu.isa.instruction import Instruction
+from openlpu.isa.opcodes import Opcode
+from openlpu.isa.program import Check, CheckMode, Placement, Tensor
+from openlpu.isa.types import DType, StreamRef
+from openlpu.kernels.builder import ProgramBuilder, mem_queue, mxm_queue
+from openlpu.kernels.kernel import Kernel
+from openlpu.sim.validate import inbound, lw_rows, outbound
+
+#: MEM slices (counted from the VXM outward) each operand uses in a hemisphere: A's byte planes next to the VXM,
+#: C's after them, B's 32 weight streams on the slices nearest the MXM.
+A_SLICE, C_SLICE = 0, 4
+
+
+@dataclass(frozen=True)
+class _Shape:
+    m: int
+    k: int
+    n: int
+    dtype: DType
+    lanes: int
+    slots: int
+
+    @property
+    def k_tiles(self) -> int:
+        return math.ceil(self.k / self.lanes)
+
+    @property
+    def k_padded(self) -> int:
+        return self.k_tiles * self.lanes
+
+    @property
+    def n_tiles(self) -> int:
+        return math.ceil(self.n / self.lanes)
+
+    @property
+    def out_dtype(self) -> DType:
+        return DType.INT32 if self.dtype is DType.INT8 else DType.FP32
+
+
+def matmul(chip: Chip, a: np.ndarray, b: np.ndarray, dtype: DType, *, name: str = "matmul") -> Kernel:
+    """A kernel computing a @ b on `chip`; `a` is [M, K], `b` is [K, N], both converted to `dtype`."""
+    if dtype not in (DType.INT8, DType.FP16):
+        raise ProgramError(f"matmul: the MXM multiplies int8 or fp16, not {dtype.value}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ProgramError(f"matmul: shapes {a.shape} and {b.shape} do not chain as [M, K] x [K, N]")
+    shape = _Shape(a.shape[0], a.shape[1], b.shape[1], dtype, chip.lanes.lanes, chip.mxm.accumulator_vectors)
+    builder = ProgramBuilder(chip, name)
+    tiles = np.array_split(np.arange(shape.n_tiles), 2)
+    inputs: dict[str, np.ndarray] = {}
+    parts = []
+    for h, mine in zip((Hemisphere.W, Hemisphere.E), tiles):
+        if len(mine):
+            cols = slice(mine[0] * shape.lanes, min(shape.n, (mine[-1] + 1) * shape.lanes))
+            parts.append((h, cols))
+            inputs.update(_half(builder, shape, h, a, b[:, cols], cols.stop - cols.start))
+    return Kernel(
+        program=builder.build(),
+        predicted_cycles=builder.predicted_cycles(),
+        inputs=inputs,
+        assemble=lambda t: np.concatenate([t[f"c_{h.value}"] for h, _ in parts], axis=1),
+    )
+
+
+def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: np.ndarray, n: int) -> dict:
+    chip, lanes = builder.chip, s.lanes
+    w, rows = s.dtype.width_bytes, lw_rows(chip, s.dtype)
+    n_tiles = math.ceil(n / lanes)
+    b_slice = chip.mem.slices_per_hemisphere - chip.streams.streams_per_direction
+    if b_slice < C_SLICE + 4:
+        raise ProgramError(f"matmul: a hemisphere needs {C_SLICE + 4 + chip.streams.streams_per_direction} MEM "
+                           f"slices, chip {chip.name} has {chip.mem.slices_per_hemisphere}")
+    ta = Tensor(name=f"a_{h.value}", dtype=s.dtype, rows=s.m, cols=s.k_padded,
+                placement=Placement(hemisphere=h, first_slice=A_SLICE, address=0))
+    tb = Tensor(name=f"b_{h.value}", dtype=s.dtype, rows=s.k_padded, cols=n,
+                placement=Placement(hemisphere=h, first_slice=b_slice, address=0, interleave=rows))
+    tc = Tensor(name=f"c_{h.value}", dtype=s.out_dtype, rows=s.m, cols=n,
+                placement=Placement(hemisphere=h, first_slice=C_SLICE, address=0))
+    builder.tensors += [ta, tb, tc]
+    _schedule(builder, s, h, n_tiles, b_slice)
+    pad = np.zeros((s.k_padded - s.k,) + b.shape[1:])
+    inputs = {
+        ta.name: np.pad(a, ((0, 0), (0, s.k_padded - s.k))).astype(s.dtype.numpy),
+        tb.name: np.concatenate([b, pad]).astype(s.dtype.numpy),
+    }
+    builder.checks.append(_check(s, tc.name, inputs[ta.name], inputs[tb.name], ta.name, tb.name))
+    return inputs
+
+
+def _check(s: _Shape, c: str, a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> Check:
+    """int8 is exact. fp16 rounds to fp32 once per 320-deep pass and once per accumulation, each within 2^-24 of
+    the running sum, so the error is at most (2 * K tiles) * 2^-24 * max |a| @ |b|: the stated tolerance."""
+    expr = f"matmul({a_name}, {b_name})"
+    if s.dtype is DType.INT8:
+        return Check(target=c, mode=CheckMode.EXACT, expr=expr)
+    scale = float((np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))).max(initial=0.0))
+    return Check(target=c, mode=CheckMode.CLOSE, expr=expr, rtol=0.0, atol=2 * s.k_tiles * 2.0**-24 * scale)
+
+
+def _schedule(builder: ProgramBuilder, s: _Shape, h: Hemisphere, n_tiles: int, b_slice: int) -> None:
+    chip = builder.chip
+    w, rows = s.dtype.width_bytes, lw_rows(chip, s.dtype)
+    lw_cycles = chip.mxm.plane_rows // rows
+    gap = chip.mxm.fp16_issue_interval_cycles if s.dtype is DType.FP16 else 1
+    mxm, acc_q = mxm_queue(h, 0), mxm_queue(h, 1)
+    target = builder.position(mxm)
+    d_in, d_out = inbound(h), outbound(h)
+    read_lat = chip.mem.read_latency_cycles
+    group_rows = s.k_padded // rows  # addresses per column block of B
+    t = _first_arrival(builder, h, b_slice, target)
+    for m0 in range(0, s.m, s.slots):
+        mc = min(s.slots, s.m - m0)
+        for nt in range(n_tiles):
+            for kt in range(s.k_tiles):
+                for j in range(chip.streams.streams_per_direction):
+                    q = mem_queue(h, b_slice + j)
+                    addr = nt * group_rows + kt * lw_cycles
+                    builder.place(q, builder.issue_to_arrive(q, read_lat, target, t),
+                                  Instruction(op=Opcode.READ, addr=addr, out=StreamRef(d_in, j)), lw_cycles)
+                builder.place(mxm, t, Instruction(op=Opcode.LW, plane=0, dtype=s.dtype, row=0), lw_cycles)
+                builder.place(mxm, t + lw_cycles, Instruction(op=Opcode.IW, plane=0))
+                start = t + lw_cycles + chip.mxm.iw_latency_cycles
+                for byte in range(w):
+                    q = mem_queue(h, A_SLICE + byte)
+                    builder.place(q, builder.issue_to_arrive(q, read_lat, target, start),
+                                  Instruction(op=Opcode.READ, addr=kt * s.m + m0, out=StreamRef(d_in, byte)), mc, gap)
+                builder.place(mxm, start, Instruction(op=Opcode.ABC, plane=0, dtype=s.dtype, a=StreamRef(d_in, 0),
+                                                      slot=0, accumulate=kt > 0), mc, gap)
+                t = start + (mc - 1) * gap + 1
+            _drain(builder, h, acc_q, t - 1 + chip.mxm.abc_latency_cycles, mc, nt * s.m + m0, d_out)
+
+
+def _first_arrival(builder: ProgramBuilder, h: Hemisphere, b_slice: int, target: int) -> int:
+    """The earliest cycle at which every operand can reach the MXM (reads cannot issue before cycle 0)."""
+    far = max(abs(target - builder.position(mem_queue(h, s))) for s in (A_SLICE, b_slice))
+    return far + builder.chip.mem.read_latency_cycles
+
+
+def _drain(builder: ProgramBuilder, h: Hemisphere, q, start: int, count: int, address: int, d_out) -> None:
+    """ACC `count` slots from `start` and write them (4 byte planes) to C's slices."""
+    chip = builder.chip
+    builder.place(q, start, Instruction(op=Opcode.ACC, plane=0, slot=0, out=StreamRef(d_out, 0)), count)
+    produced = start + chip.mxm.acc_latency_cycles
+    for byte in range(4):
+        mq = mem_queue(h, C_SLICE + byte)
+        builder.place(mq, builder.arrival(builder.position(q), produced, mq),
+                      Instruction(op=Opcode.WRITE, addr=address, a=StreamRef(d_out, byte)), count)
