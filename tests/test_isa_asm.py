@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openlpu.errors import AssemblyError, UserError
+from openlpu.errors import AssemblyError, ProgramError, UserError
 from openlpu.hardware.geometry import Hemisphere
 from openlpu.isa import (
     Check, CheckMode, Direction, DType, Init, InitKind, Instruction, Opcode, Placement, Program, QueueId,
@@ -122,7 +122,7 @@ def one_of_each_opcode() -> list[Instruction]:
     for op in Opcode:
         required, optional = OPERANDS[op]
         names = required + tuple(f for f in optional if f != "imm")
-        out.append(Instruction(op=op, **{f: EXAMPLE_VALUE[f] for f in names}))  # type: ignore[arg-type]
+        out.append(Instruction(op=op, **{f: EXAMPLE_VALUE[f] for f in names}))
     return out
 
 
@@ -199,7 +199,7 @@ def instructions(draw: st.DrawFn, unit: Unit) -> Instruction:
     if "b" in chosen and "imm" in chosen:
         chosen.remove(draw(st.sampled_from(["b", "imm"])))
     values = {f: draw(VALUES[f]) for f in chosen}
-    return Instruction(op=op, label=draw(st.none() | names), **values)  # type: ignore[arg-type]
+    return Instruction(op=op, label=draw(st.none() | names), **values)
 
 
 @st.composite
@@ -345,3 +345,14 @@ def test_error_carries_location() -> None:
     with pytest.raises(AssemblyError) as e:
         parse_program(HEAD + ".queue vxm.0\n    ad n=1\n", source="k.s")
     assert (e.value.source, e.value.line, e.value.column) == ("k.s", 3, 5)
+
+
+def test_printer_refuses_what_the_parser_could_not_read_back() -> None:
+    bad_expr = Check(target="c", mode=CheckMode.EXACT, expr="a ; b")
+    with pytest.raises(ProgramError) as e:
+        print_program(make_program("p", {}, checks=[bad_expr]))
+    assert str(e.value) == "cannot print program: check expression 'a ; b' is empty, padded, or has ';', " \
+                           "a newline, rtol= or atol="
+    with pytest.raises(ProgramError) as e:
+        print_program(make_program("my program", {}))
+    assert str(e.value) == "cannot print program: name 'my program' is not one token"

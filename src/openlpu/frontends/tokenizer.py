@@ -9,6 +9,7 @@ transformers' ``apply_chat_template`` (trim_blocks, lstrip_blocks, loop controls
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,17 @@ def _require(module: str) -> Any:
 
 
 def _pre_tokenizer(pre: str) -> Any:
-    """Splitting before BPE: ``smollm`` isolates every digit, then applies the GPT-2 byte-level regex."""
-    pt = _require("tokenizers").pre_tokenizers
+    """Splitting before BPE, as llama.cpp does for `pre`: ``smollm`` first isolates every numeric character
+    (regex ``\\p{N}``), then both apply the GPT-2 byte-level regex.
+
+    transformers' GGUF loader knows no ``smollm`` rule and uses the GPT-2 regex alone; the two differ only where
+    whitespace precedes a numeral (``"a  1"``, ``"a ²"``), see docs/frontend.md.
+    """
+    tk = _require("tokenizers")
+    pt = tk.pre_tokenizers
     byte_level = pt.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre == "smollm":
-        return pt.Sequence([pt.Digits(individual_digits=True), byte_level])
+        return pt.Sequence([pt.Split(tk.Regex(r"\p{N}"), behavior="isolated"), byte_level])
     if pre in ("gpt2", "default"):
         return byte_level
     raise UserError(f"unsupported pre-tokenizer {pre!r} (tokenizer.ggml.pre); supported: "
@@ -112,15 +119,17 @@ class Tokenizer:
         return self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt))
 
 
+def _raise_exception(message: str) -> None:
+    """Templates call ``raise_exception('...')`` to reject a conversation (e.g. roles out of order)."""
+    raise UserError(f"chat template: {message}")
+
+
+@functools.lru_cache(maxsize=8)
 def _compile(source: str) -> Any:
     jinja2 = _require("jinja2")
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise UserError(f"chat template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.globals["raise_exception"] = raise_exception
+    ext, sandbox = _require("jinja2.ext"), _require("jinja2.sandbox")
+    env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols])
+    env.globals["raise_exception"] = _raise_exception
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as err:

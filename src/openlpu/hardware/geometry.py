@@ -52,3 +52,16 @@ class Geometry:
     def global_slice(self, h: Hemisphere, slice_index: int) -> int:
         """Index of a MEM slice in chip-wide numbering: west slices first, then east."""
         return slice_index if h is Hemisphere.W else self.mem_slices_per_hemisphere + slice_index
+
+    def name(self, position: int) -> str:
+        """What sits at a stream position, for messages: `mem.w.3`, `vxm rank 0`, `sxm.e`, `mxm.w`."""
+        s, r = self.mem_slices_per_hemisphere, self.vxm_ranks
+        if position in (0, self.positions - 1):
+            return "mxm." + ("w" if position == 0 else "e")
+        if position in (1, self.positions - 2):
+            return "sxm." + ("w" if position == 1 else "e")
+        if position < 2 + s:
+            return f"mem.w.{s - 1 - (position - 2)}"
+        if position < 2 + s + r:
+            return f"vxm rank {position - 2 - s}"
+        return f"mem.e.{position - 2 - s - r}"

@@ -351,7 +351,7 @@ def _parse_instruction(line: _Line, tokens: list[_Token], label: str | None) -> 
             raise line.error(f"duplicate operand {key!r}", token.column)
         values[key] = _value(line, token.column + len(key) + 1, text, FIELDS[key][0], key)
     try:
-        return Instruction(op=op, label=label, **values)  # type: ignore[arg-type]
+        return Instruction(op=op, label=label, **values)
     except ProgramError as e:
         raise line.error(str(e), head.column) from None
 

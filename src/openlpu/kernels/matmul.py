@@ -134,6 +134,7 @@ def _schedule(builder: ProgramBuilder, s: _Shape, h: Hemisphere, n_tiles: int, b
     read_lat = chip.mem.read_latency_cycles
     group_rows = s.k_padded // rows  # addresses per column block of B
     t = _first_arrival(builder, h, b_slice, target)
+    drained = 0  # first cycle the ACC queue is free
     for m0 in range(0, s.m, s.slots):
         mc = min(s.slots, s.m - m0)
         for nt in range(n_tiles):
@@ -153,7 +154,11 @@ def _schedule(builder: ProgramBuilder, s: _Shape, h: Hemisphere, n_tiles: int, b
                 builder.place(mxm, start, Instruction(op=Opcode.ABC, plane=0, dtype=s.dtype, a=StreamRef(d_in, 0),
                                                       slot=0, accumulate=kt > 0), mc, gap)
                 t = start + (mc - 1) * gap + 1
-            _drain(builder, h, acc_q, t - 1 + chip.mxm.abc_latency_cycles, mc, nt * s.m + m0, d_out)
+            start = max(t - 1 + chip.mxm.abc_latency_cycles, drained)
+            _drain(builder, h, acc_q, start, mc, nt * s.m + m0, d_out)
+            drained = start + mc
+            # the next tile's first product into slot m must land after this drain has read slot m
+            t = max(t, start + 1 - chip.mxm.abc_latency_cycles - lw_cycles - chip.mxm.iw_latency_cycles)
 
 
 def _first_arrival(builder: ProgramBuilder, h: Hemisphere, b_slice: int, target: int) -> int:

@@ -81,7 +81,7 @@ def _eval(node: ast.AST, env: dict[str, np.ndarray], expr: str):
         return node.value
     if isinstance(node, ast.Name):
         if node.id not in env:
-            raise ProgramError(f"check {expr!r}: unknown tensor {node.id!r}; tensors are {sorted(env)}")
+            raise ProgramError(f"check {expr!r}: unknown tensor {node.id!r}; tensors are {sorted(env.keys())}")
         return env[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
         return _OPS[type(node.op)](_eval(node.left, env, expr), _eval(node.right, env, expr))
@@ -94,8 +94,26 @@ def _eval(node: ast.AST, env: dict[str, np.ndarray], expr: str):
     raise ProgramError(f"check {expr!r}: unsupported syntax {ast.unparse(node)!r}")
 
 
-def _reference_env(tensors: tuple[Tensor, ...], initial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {t.name: initial[t.name].astype(np.float64 if t.dtype.is_float else np.int64) for t in tensors}
+def reference_env(tensors: tuple[Tensor, ...], initial: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Initial tensor values widened for the reference (float64 / int64), converted on first use."""
+    return _LazyEnv({t.name: (initial[t.name], np.float64 if t.dtype.is_float else np.int64) for t in tensors})
+
+
+class _LazyEnv(dict):
+    def __init__(self, raw: dict) -> None:
+        super().__init__()
+        self._raw = raw
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+    def __missing__(self, name: str) -> np.ndarray:
+        value, wide = self._raw[name]
+        self[name] = value.astype(wide)
+        return self[name]
+
+    def keys(self):
+        return self._raw.keys()
 
 
 def run_check(check: Check, target: Tensor, actual: np.ndarray, env: dict[str, np.ndarray]) -> CheckResult:

@@ -15,12 +15,14 @@ at the end: a program takes (last cycle in which anything lands at superlane 0) 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from openlpu.errors import ProgramError, ScheduleError
 from openlpu.hardware.chip import Chip, load_chip
+from openlpu.hardware.geometry import Geometry
 from openlpu.isa.opcodes import MXM_OPS, SXM_OPS, VXM_OPS, Opcode
 from openlpu.isa.program import Program
 from openlpu.isa.types import Unit
@@ -44,7 +46,7 @@ class Result:
     batches: int
     utilisation: dict[str, float]
     checks: tuple[checks_mod.CheckResult, ...]
-    tensors: dict[str, np.ndarray] = field(repr=False)
+    tensors: Mapping[str, np.ndarray] = field(repr=False)
 
     @property
     def seconds(self) -> float:
@@ -68,10 +70,35 @@ class Result:
         }
 
 
-def simulate(program: Program, chip: Chip | None = None, inputs: dict[str, np.ndarray] | None = None) -> Result:
-    """Run `program` cycle-exactly. `inputs` overrides tensors' initial contents by name."""
+def simulate(
+    program: Program,
+    chip: Chip | None = None,
+    inputs: dict[str, np.ndarray] | None = None,
+    *,
+    run_checks: bool = True,
+) -> Result:
+    """Run `program` cycle-exactly. `inputs` overrides tensors' initial contents by name; `run_checks=False`
+    skips evaluating the program's `.check` references (benchmarks time the machine, not the reference)."""
     chip = chip or load_chip(program.chip or "groqchip1")
-    return _Run(program, chip).run(inputs or {})
+    return _Run(program, chip).run(inputs or {}, run_checks)
+
+
+class _Tensors(Mapping):
+    """The program's tensors read back from the final SRAM, each on first access."""
+
+    def __init__(self, program: Program, sram: np.ndarray, chip: Chip) -> None:
+        self._program, self._sram, self._chip, self._cache = program, sram, chip, {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = memory.load(self._sram, self._program.tensor(name), self._chip)
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(t.name for t in self._program.tensors)
+
+    def __len__(self) -> int:
+        return len(self._program.tensors)
 
 
 class _Run:
@@ -101,45 +128,47 @@ class _Run:
         return f"cycle {self.ev.cycle[e]}, {t.queue} instruction {t.index}{rep} `{_text(t.instruction)}`\n{context}\n"
 
     # -- the four steps --------------------------------------------------------------------------------------
-    def run(self, inputs: dict[str, np.ndarray]) -> Result:
+    def run(self, inputs: dict[str, np.ndarray], run_checks: bool) -> Result:
         n = len(self.ev)
         first_use = np.full(n, hazards.NEVER, dtype=np.int64)
-        self.source = self._wire(first_use)
         hazards.check_mem(self.ev, self.chip, self.ops, first_use, self.describe)
         mxm = np.flatnonzero(np.isin(self.ops, [OP_INDEX[o] for o in MXM_OPS]))
         mxm = mxm[np.lexsort((self._phase()[mxm], self.ev.cycle[mxm]))]
         hazards.MxmChecker(self.chip, self.ev, first_use, self.describe).run(mxm, self.slot)
+        self.source = self._wire(first_use)
         batch = _batches(self.ev.cycle, first_use)
         initial = self._load(inputs)
         self.pool = np.zeros((len(self.ev.writes.cycle), self.chip.lanes.lanes), np.uint8)
         self._execute(batch)
-        return self._result(initial, int(batch.max()) + 1 if n else 0)
+        return self._result(initial if run_checks else None, int(batch.max()) + 1 if n else 0)
 
     def _wire(self, first_use: np.ndarray) -> np.ndarray:
-        from openlpu.hardware.geometry import Geometry
-
         positions = Geometry.of(self.chip).positions
         source, conflicts = streams.resolve(self.ev.writes, self.ev.reads, positions)
         if conflicts:
-            raise ScheduleError(self._conflict_message(conflicts[0]))
+            def when(c: streams.Conflict) -> int:
+                return int((self.ev.reads if c.kind == "no-value" else self.ev.writes).cycle[c.first])
+
+            raise ScheduleError(self._conflict_message(min(conflicts, key=when)))
         readers = self.ev.reads.event
         np.minimum.at(first_use, self.ev.writes.event[source], self.ev.cycle[readers])
         return source
 
     def _conflict_message(self, c: streams.Conflict) -> str:
         w, r = self.ev.writes, self.ev.reads
+        at = Geometry.of(self.chip).name
         if c.kind == "no-value":
             name = f"{'EW'[r.direction[c.first]]}{r.stream[c.first]}"
-            return (f"read of stream {name} holding no value at position {r.position[c.first]} in cycle "
+            return (f"read of stream {name} holding no value at {at(r.position[c.first])} in cycle "
                     f"{r.cycle[c.first]}: {self.describe(r.event[c.first])}no instruction wrote that stream "
                     "so that it arrives here in this cycle; check the producer's issue cycle and latency")
         name = f"{'EW'[w.direction[c.first]]}{w.stream[c.first]}"
         a, b = w.event[c.first], w.event[c.second]
         if c.kind == "two-writers":
-            return (f"two producers write stream {name} at position {w.position[c.first]} in cycle "
+            return (f"two producers write stream {name} at {at(w.position[c.first])} in cycle "
                     f"{w.cycle[c.first]}:\n{self.describe(a)}{self.describe(b)}move one to another stream or cycle")
-        return (f"stream {name}: the value written in cycle {w.cycle[c.first]} at position {w.position[c.first]} "
-                f"by {self.describe(a)}is overwritten at position {w.position[c.second]} in cycle "
+        return (f"stream {name}: the value written in cycle {w.cycle[c.first]} at {at(w.position[c.first])} "
+                f"by {self.describe(a)}is overwritten at {at(w.position[c.second])} in cycle "
                 f"{w.cycle[c.second]} by {self.describe(b)}before any instruction read it")
 
     def _phase(self) -> np.ndarray:
@@ -181,13 +210,15 @@ class _Run:
             per_template.append(ids.setdefault(key, len(ids)))
         return np.array(per_template, np.int64)[self.ev.template] if len(self.ev) else np.zeros(0, np.int64)
 
-    def _result(self, initial: dict[str, np.ndarray], batches: int) -> Result:
-        tensors = {t.name: memory.load(self.sram, t, self.chip) for t in self.program.tensors}
-        env = checks_mod._reference_env(self.program.tensors, initial)
-        results = tuple(
-            checks_mod.run_check(c, self.program.tensor(c.target), tensors[c.target], env)
-            for c in self.program.checks
-        )
+    def _result(self, initial: dict[str, np.ndarray] | None, batches: int) -> Result:
+        tensors = _Tensors(self.program, self.sram, self.chip)
+        results = ()
+        if initial is not None:
+            env = checks_mod.reference_env(self.program.tensors, initial)
+            results = tuple(
+                checks_mod.run_check(c, self.program.tensor(c.target), tensors[c.target], env)
+                for c in self.program.checks
+            )
         return Result(
             program=self.program.name, chip=self.chip, cycles=self._cycles(),
             instructions=self.program.instruction_count, events=len(self.ev), batches=batches,

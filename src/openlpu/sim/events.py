@@ -62,26 +62,43 @@ def build(timeline: Timeline, chip: Chip) -> Events:
     geo = Geometry.of(chip)
     ids: dict[tuple[QueueId, int], int] = {}
     templates: list[Template] = []
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("t", "c", "k", "rd", "rs", "rp", "rc", "wd", "ws", "wp", "wc")}
+    burst_template, cycles, ks = [], [], []
     for issue in timeline.issues:
         key = (issue.queue, issue.index)
         if key not in ids:
             ids[key] = len(templates)
             templates.append(_template(chip, geo, issue.queue, issue.index, issue.instruction))
-        _append(parts, ids[key], templates[ids[key]], issue.cycles, issue.ks)
-    cat = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in parts.items()}
-    n_in = np.array([len(t.reads) for t in templates], dtype=np.int64)[cat["t"]] if templates else cat["t"]
-    n_out = np.array([len(t.writes) for t in templates], dtype=np.int64)[cat["t"]] if templates else cat["t"]
-    events_so_far = np.arange(len(cat["t"]))
-    event_of = lambda counts: np.repeat(events_so_far, counts)  # noqa: E731
-    reads = Accesses(cat["rd"], cat["rs"], cat["rp"], cat["rc"], event_of(n_in))
-    writes = Accesses(cat["wd"], cat["ws"], cat["wp"], cat["wc"], event_of(n_out))
-    return Events(
-        templates, cat["t"], cat["c"], cat["k"],
-        np.concatenate([[0], np.cumsum(n_in)[:-1]]).astype(np.int64) if len(n_in) else n_in,
-        np.concatenate([[0], np.cumsum(n_out)[:-1]]).astype(np.int64) if len(n_out) else n_out,
-        reads, writes,
-    )
+        burst_template.append(np.full(len(issue.cycles), ids[key], dtype=np.int64))
+        cycles.append(issue.cycles)
+        ks.append(issue.ks)
+    if not templates:
+        empty = np.zeros(0, np.int64)
+        none = Accesses(empty, empty, empty, empty, empty)
+        return Events(templates, empty, empty, empty, empty, empty, none, none)
+    template = np.concatenate(burst_template)
+    cycle = np.concatenate(cycles).astype(np.int64)
+    k = np.concatenate(ks).astype(np.int64)
+    reads, read_base = _accesses(templates, template, cycle, lambda t: t.reads, lambda t: 0)
+    writes, write_base = _accesses(templates, template, cycle, lambda t: t.writes, lambda t: t.latency)
+    return Events(templates, template, cycle, k, read_base, write_base, reads, writes)
+
+
+def _accesses(templates, template, cycle, pick, shift) -> tuple[Accesses, np.ndarray]:
+    """Expand every event's stream accesses (per-template lists) into flat arrays, event-major, in one go."""
+    counts = np.array([len(pick(t)) for t in templates], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    flat = [a for t in templates for a in pick(t)]
+    dirs = np.array([0 if d is Direction.E else 1 for d, _ in flat], dtype=np.int64)
+    streams = np.array([s for _, s in flat], dtype=np.int64)
+    position = np.array([t.position for t in templates], dtype=np.int64)
+    delay = np.array([shift(t) for t in templates], dtype=np.int64)
+    per_event = counts[template]
+    base = np.concatenate([[0], np.cumsum(per_event)[:-1]]).astype(np.int64)
+    event = np.repeat(np.arange(len(template)), per_event)
+    j = np.arange(len(event)) - base[event]
+    tmpl = template[event]
+    item = offsets[tmpl] + j
+    return Accesses(dirs[item], streams[item], position[tmpl], cycle[event] + delay[tmpl], event), base
 
 
 def _template(chip: Chip, geo: Geometry, q: QueueId, index: int, ins: Instruction) -> Template:
@@ -95,23 +112,6 @@ def _template(chip: Chip, geo: Geometry, q: QueueId, index: int, ins: Instructio
         writes=tuple(semantics.stream_writes(ins)),
         step=semantics.advance_step(chip, ins),
     )
-
-
-def _append(parts: dict[str, list[np.ndarray]], tid: int, t: Template, cycles: np.ndarray, ks: np.ndarray) -> None:
-    n = len(cycles)
-    parts["t"].append(np.full(n, tid, dtype=np.int64))
-    parts["c"].append(cycles.astype(np.int64))
-    parts["k"].append(ks.astype(np.int64))
-    for prefix, accesses, shift in (("r", t.reads, 0), ("w", t.writes, t.latency)):
-        m = len(accesses)
-        if not m:
-            continue
-        dirs = np.array([0 if d is Direction.E else 1 for d, _ in accesses], dtype=np.int64)
-        streams = np.array([s for _, s in accesses], dtype=np.int64)
-        parts[prefix + "d"].append(np.tile(dirs, n))
-        parts[prefix + "s"].append(np.tile(streams, n))
-        parts[prefix + "p"].append(np.full(n * m, t.position, dtype=np.int64))
-        parts[prefix + "c"].append(np.repeat(cycles.astype(np.int64) + shift, m))
 
 
 def is_unit(t: Template, unit: Unit) -> bool:

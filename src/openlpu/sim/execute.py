@@ -120,12 +120,14 @@ class Machine:
     # -- MXM (few events; per-event Python is fine and keeps the state rules obvious) ------------------------
     def lw(self, events: np.ndarray, ins: Instruction) -> None:
         planes = self.inputs(events, 0, self.s.chip.streams.streams_per_direction)
-        for e, p in zip(events.tolist(), planes):
+        if ins.dtype is DType.INT8:
+            rows = planes.view(np.int8)
+        else:
+            rows = nx.planes_to_values(planes.reshape(len(events), -1, 2, self.lanes), DType.FP16)
+        for e, block in zip(events.tolist(), rows):
             key, row = self.s.plane_of(e), int(self.s.row[e])
-            rows = p.view(np.int8) if ins.dtype is DType.INT8 else nx.planes_to_values(
-                p.reshape(-1, 2, self.lanes), DType.FP16)
             buf = self.shadow.setdefault(key, np.zeros((self.rows, self.lanes), ins.dtype.numpy))
-            buf[row: row + len(rows)] = rows
+            buf[row: row + len(block)] = block
 
     def iw(self, events: np.ndarray, ins: Instruction) -> None:
         for e in events.tolist():

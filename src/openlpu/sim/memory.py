@@ -70,7 +70,31 @@ def init_values(t: Tensor) -> np.ndarray:
     return rng.integers(int(low), int(high), size=shape, endpoint=True).astype(dt)
 
 
+def _slab(t: Tensor, chip: Chip) -> tuple[slice, slice] | None:
+    """When every group holds the same number of rows, the tensor is one rectangle of SRAM: slices x addresses."""
+    p = t.placement
+    if t.rows % p.interleave:
+        return None
+    first = Geometry.of(chip).global_slice(p.hemisphere, p.first_slice)
+    depth = t.column_blocks(chip.lanes.lanes) * t.rows_per_group()
+    return slice(first, first + p.interleave * t.dtype.width_bytes), slice(p.address, p.address + depth)
+
+
+def _planes(t: Tensor, values: np.ndarray, chip: Chip) -> np.ndarray:
+    """[rows, cols] -> [interleave * w, blocks * rows_per_group, lanes] in slab order."""
+    lanes, g, w = chip.lanes.lanes, t.placement.interleave, t.dtype.width_bytes
+    blocks = t.column_blocks(lanes)
+    padded = np.zeros((t.rows, blocks * lanes), t.dtype.numpy)
+    padded[:, : t.cols] = values
+    planes = values_to_planes(padded.reshape(t.rows // g, g, blocks, lanes), t.dtype)  # [rpg, g, blocks, w, L]
+    return planes.transpose(1, 3, 2, 0, 4).reshape(g * w, blocks * (t.rows // g), lanes)
+
+
 def store(sram: np.ndarray, t: Tensor, values: np.ndarray, chip: Chip) -> None:
+    slab = _slab(t, chip)
+    if slab is not None:
+        sram[slab] = _planes(t, values, chip)
+        return
     lanes = chip.lanes.lanes
     slices, addresses = tensor_locations(t, chip)
     padded = np.zeros((t.rows, t.column_blocks(lanes) * lanes), t.dtype.numpy)
@@ -80,6 +104,12 @@ def store(sram: np.ndarray, t: Tensor, values: np.ndarray, chip: Chip) -> None:
 
 
 def load(sram: np.ndarray, t: Tensor, chip: Chip) -> np.ndarray:
+    slab = _slab(t, chip)
+    lanes, g, w = chip.lanes.lanes, t.placement.interleave, t.dtype.width_bytes
+    if slab is not None:
+        blocks = t.column_blocks(lanes)
+        raw = sram[slab].reshape(g, w, blocks, t.rows // g, lanes).transpose(3, 0, 2, 1, 4)
+        return planes_to_values(raw, t.dtype).reshape(t.rows, blocks * lanes)[:, : t.cols]
     slices, addresses = tensor_locations(t, chip)
     planes = sram[slices, addresses[:, :, None]]  # [rows, blocks, w, lanes]
     return planes_to_values(planes, t.dtype).reshape(t.rows, -1)[:, : t.cols]

@@ -46,7 +46,8 @@ def _keys(a: Accesses, positions: int, cycle_offset: int) -> tuple[np.ndarray, n
 
 
 def resolve(writes: Accesses, reads: Accesses, positions: int) -> tuple[np.ndarray, list[Conflict]]:
-    """For each read, the index of the write it sees (-1 if none), and the conflicts found (first few of each)."""
+    """For each read, the index of the write it sees (-1 if none), and the conflicts found (earliest few of each
+    kind)."""
     offset = positions + 1
     w_line, w_key = _keys(writes, positions, offset)
     r_line, r_key = _keys(reads, positions, offset)
@@ -54,20 +55,24 @@ def resolve(writes: Accesses, reads: Accesses, positions: int) -> tuple[np.ndarr
     sorted_key = w_key[order]
     conflicts: list[Conflict] = []
     dup = np.flatnonzero(sorted_key[1:] == sorted_key[:-1])
+    dup = dup[np.argsort(writes.cycle[order[dup]], kind="stable")]
     conflicts += [Conflict("two-writers", int(order[i]), int(order[i + 1])) for i in dup[:3]]
     slot = np.searchsorted(sorted_key, r_key, side="left") - 1
     valid = slot >= 0
     found = np.where(valid, order[np.maximum(slot, 0)], -1)
     valid &= w_line[np.maximum(found, 0)] == r_line
     found = np.where(valid, found, -1)
-    conflicts += [Conflict("no-value", int(i), -1) for i in np.flatnonzero(~valid)[:3]]
-    conflicts += _clobbered(found, order, w_line, len(writes.cycle))
+    empty = np.flatnonzero(~valid)
+    empty = empty[np.argsort(reads.cycle[empty], kind="stable")]
+    conflicts += [Conflict("no-value", int(i), -1) for i in empty[:3]]
+    conflicts += _clobbered(found, order, w_line, writes.cycle)
     return found, conflicts
 
 
-def _clobbered(found: np.ndarray, order: np.ndarray, w_line: np.ndarray, n_writes: int) -> list[Conflict]:
+def _clobbered(found: np.ndarray, order: np.ndarray, w_line: np.ndarray, cycle: np.ndarray) -> list[Conflict]:
     """Writes followed downstream on their diagonal by another write, with no read in between."""
-    reads_per_write = np.bincount(found[found >= 0], minlength=n_writes)
+    reads_per_write = np.bincount(found[found >= 0], minlength=len(cycle))
     same_line_next = w_line[order[1:]] == w_line[order[:-1]]
     lost = np.flatnonzero(same_line_next & (reads_per_write[order[:-1]] == 0))
+    lost = lost[np.argsort(cycle[order[lost]], kind="stable")]
     return [Conflict("clobbered", int(order[i]), int(order[i + 1])) for i in lost[:3]]

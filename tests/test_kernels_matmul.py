@@ -1,0 +1,69 @@
+"""Matrix x matrix on the MXM against NumPy: int8 exact, fp16 within the stated bound; cycles as predicted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from openlpu.errors import ProgramError
+from openlpu.hardware import load_chip
+from openlpu.isa import DType
+from openlpu.kernels import matmul
+
+CHIP = load_chip("groqchip1")
+SHAPES = [(1, 1, 1), (3, 100, 50), (2, 320, 320), (4, 700, 650), (2, 333, 961), (330, 40, 30)]
+
+
+def _inputs(rng, m, k, n, dtype):
+    if dtype is DType.INT8:
+        return rng.integers(-128, 128, (m, k)), rng.integers(-128, 128, (k, n))
+    return rng.uniform(-2, 2, (m, k)).astype(np.float16), rng.uniform(-2, 2, (k, n)).astype(np.float16)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [DType.INT8, DType.FP16], ids=lambda d: d.value)
+def test_matmul_matches_numpy_and_prediction(shape, dtype):
+    m, k, n = shape
+    rng = np.random.default_rng(abs(hash((shape, dtype.value))) % 2**32)
+    a, b = _inputs(rng, m, k, n, dtype)
+    kernel = matmul(CHIP, a, b, dtype)
+    out, result = kernel.run(CHIP)
+    assert out.shape == (m, n)
+    assert result.cycles == kernel.predicted_cycles
+    assert result.checks_passed, [c.describe() for c in result.checks]
+    if dtype is DType.INT8:
+        assert out.dtype == np.int32
+        np.testing.assert_array_equal(out, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
+    else:
+        exact = a.astype(np.float64) @ b.astype(np.float64)
+        bound = 2 * -(-k // 320) * 2.0**-24 * (np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)))
+        assert out.dtype == np.float32
+        assert np.all(np.abs(out - exact) <= bound)
+
+
+def test_int8_accumulation_wraps_like_int32():
+    a = np.full((1, 640), 127)
+    b = np.full((640, 1), 127)
+    out, _ = matmul(CHIP, a, b, DType.INT8).run(CHIP)
+    assert out[0, 0] == 640 * 127 * 127
+
+
+def test_fp16_matmul_is_deterministic():
+    rng = np.random.default_rng(7)
+    a, b = _inputs(rng, 3, 500, 400, DType.FP16)
+    k = matmul(CHIP, a, b, DType.FP16)
+    first, second = k.run(CHIP)[0], k.run(CHIP)[0]
+    assert first.tobytes() == second.tobytes()
+
+
+@pytest.mark.parametrize(
+    "a, b, dtype, message",
+    [
+        (np.ones((2, 3)), np.ones((4, 5)), DType.INT8, "matmul: shapes (2, 3) and (4, 5) do not chain as [M, K] x [K, N]"),
+        (np.ones((2, 3)), np.ones((3, 5)), DType.FP32, "matmul: the MXM multiplies int8 or fp16, not fp32"),
+    ],
+)
+def test_bad_matmul_requests(a, b, dtype, message):
+    with pytest.raises(ProgramError) as info:
+        matmul(CHIP, a, b, dtype)
+    assert str(info.value) == message
