@@ -5,8 +5,9 @@
 1. timing: the issue cycle of every instruction of every queue (NOP, Repeat, Sync/Notify);
 2. wiring: which stream write each stream read sees, and every stream conflict (`streams`);
 3. hazards: SRAM address, bank and MXM ordering checks, and the dependency edges between events (`hazards`);
-4. execution: events are cut into batches in which no event depends on another, and each batch runs as a few
-   NumPy calls per opcode class (`execute`).
+4. execution: the events form a dataflow graph (`hazards` records each event's producers); events are grouped
+   by dependency level, and each level runs as one NumPy call per opcode class (`execute`). A pipeline of
+   thousands of cycles is a handful of levels.
 
 Time is the issue cycle at superlane 0. An instruction reaches superlane k k cycles later and all traffic within a
 superlane is shifted alike, so the stagger is paid where data crosses superlanes (MXM and SXM latencies) and once
@@ -43,7 +44,7 @@ class Result:
     cycles: int
     instructions: int
     events: int
-    batches: int
+    levels: int
     utilisation: dict[str, float]
     checks: tuple[checks_mod.CheckResult, ...]
     tensors: Mapping[str, np.ndarray] = field(repr=False)
@@ -102,6 +103,8 @@ class _Tensors(Mapping):
 
 
 class _Run:
+    op_index = OP_INDEX
+
     def __init__(self, program: Program, chip: Chip) -> None:
         self.program, self.chip = program, chip
         _validate(program, chip)
@@ -129,20 +132,22 @@ class _Run:
 
     # -- the four steps --------------------------------------------------------------------------------------
     def run(self, inputs: dict[str, np.ndarray], run_checks: bool) -> Result:
-        n = len(self.ev)
-        first_use = np.full(n, hazards.NEVER, dtype=np.int64)
-        hazards.check_mem(self.ev, self.chip, self.ops, first_use, self.describe)
+        edges = hazards.Edges()
+        self.mem = hazards.check_mem(self.ev, self.chip, self.ops, edges, self.describe)
         mxm = np.flatnonzero(np.isin(self.ops, [OP_INDEX[o] for o in MXM_OPS]))
         mxm = mxm[np.lexsort((self._phase()[mxm], self.ev.cycle[mxm]))]
-        hazards.MxmChecker(self.chip, self.ev, first_use, self.describe).run(mxm, self.slot)
-        self.source = self._wire(first_use)
-        batch = _batches(self.ev.cycle, first_use)
+        self.mxm = hazards.MxmChecker(self.chip, self.ev, edges, self.describe)
+        self.mxm.run(mxm, self.slot)
+        self.source = self._wire(edges)
+        level = _levels(len(self.ev), *edges.arrays())
         initial = self._load(inputs)
         self.pool = np.zeros((len(self.ev.writes.cycle), self.chip.lanes.lanes), np.uint8)
-        self._execute(batch)
-        return self._result(initial if run_checks else None, int(batch.max()) + 1 if n else 0)
+        machine = Machine(self)
+        self._execute(machine, level)
+        machine.commit_writes()
+        return self._result(initial if run_checks else None, int(level.max()) + 1 if len(level) else 0)
 
-    def _wire(self, first_use: np.ndarray) -> np.ndarray:
+    def _wire(self, edges: hazards.Edges) -> np.ndarray:
         positions = Geometry.of(self.chip).positions
         source, conflicts = streams.resolve(self.ev.writes, self.ev.reads, positions)
         if conflicts:
@@ -150,8 +155,7 @@ class _Run:
                 return int((self.ev.reads if c.kind == "no-value" else self.ev.writes).cycle[c.first])
 
             raise ScheduleError(self._conflict_message(min(conflicts, key=when)))
-        readers = self.ev.reads.event
-        np.minimum.at(first_use, self.ev.writes.event[source], self.ev.cycle[readers])
+        edges.add(self.ev.writes.event[source], self.ev.reads.event)
         return source
 
     def _conflict_message(self, c: streams.Conflict) -> str:
@@ -189,11 +193,10 @@ class _Run:
             memory.store(self.sram, t, initial[t.name], self.chip)
         return initial
 
-    def _execute(self, batch: np.ndarray) -> None:
-        machine = Machine(self)
+    def _execute(self, machine: Machine, level: np.ndarray) -> None:
         group = self._group_keys()
-        order = np.lexsort((self.ev.cycle, group, self._phase(), batch))
-        keys = np.stack([batch[order], group[order]])
+        order = np.lexsort((self.ev.cycle, group, self._phase(), level))
+        keys = np.stack([level[order], group[order]])
         cuts = np.flatnonzero((keys[:, 1:] != keys[:, :-1]).any(axis=0)) + 1
         for run in np.split(order, cuts):
             if len(run):
@@ -210,7 +213,7 @@ class _Run:
             per_template.append(ids.setdefault(key, len(ids)))
         return np.array(per_template, np.int64)[self.ev.template] if len(self.ev) else np.zeros(0, np.int64)
 
-    def _result(self, initial: dict[str, np.ndarray] | None, batches: int) -> Result:
+    def _result(self, initial: dict[str, np.ndarray] | None, levels: int) -> Result:
         tensors = _Tensors(self.program, self.sram, self.chip)
         results = ()
         if initial is not None:
@@ -221,7 +224,7 @@ class _Run:
             )
         return Result(
             program=self.program.name, chip=self.chip, cycles=self._cycles(),
-            instructions=self.program.instruction_count, events=len(self.ev), batches=batches,
+            instructions=self.program.instruction_count, events=len(self.ev), levels=levels,
             utilisation=self._utilisation(), checks=results, tensors=tensors,
         )
 
@@ -273,28 +276,27 @@ def _validate(program: Program, chip: Chip) -> None:
             raise ProgramError(f"check on unknown tensor {c.target!r}; tensors are {names}")
 
 
-def _batches(cycle: np.ndarray, first_use: np.ndarray) -> np.ndarray:
-    """Cut events, in issue order, into maximal runs in which no event consumes another's result."""
-    n = len(cycle)
-    order = np.argsort(cycle, kind="stable")
-    c, f = cycle[order], first_use[order]
-    batch_sorted = np.empty(n, np.int64)
-    start, b = 0, 0
-    while start < n:
-        look = 256
-        while True:
-            end = min(n, start + look)
-            horizon = np.minimum.accumulate(f[start:end])
-            cut = np.flatnonzero(c[start + 1:end] >= horizon[: end - start - 1])
-            if len(cut) or end == n:
-                stop = start + 1 + int(cut[0]) if len(cut) else n
-                break
-            look *= 4
-        batch_sorted[start:stop] = b
-        start, b = stop, b + 1
-    batch = np.empty(n, np.int64)
-    batch[order] = batch_sorted
-    return batch
+def _levels(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Dependency level of every event: 0 with no producer, else one more than its deepest producer.
+
+    Kahn's algorithm a level at a time: each edge is visited once, and there is one NumPy step per level."""
+    level = np.zeros(n, np.int64)
+    if not len(src):
+        return level
+    order = np.argsort(src, kind="stable")
+    src, dst = src[order], dst[order]
+    start = np.searchsorted(src, np.arange(n + 1))
+    waiting = np.bincount(dst, minlength=n)
+    frontier, depth = np.flatnonzero(waiting == 0), 0
+    while len(frontier):
+        level[frontier] = depth
+        counts = start[frontier + 1] - start[frontier]
+        idx = np.repeat(start[frontier] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+        targets = dst[idx]
+        waiting -= np.bincount(targets, minlength=n)
+        frontier = np.unique(targets[waiting[targets] == 0])
+        depth += 1
+    return level
 
 
 _EXECUTORS = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
 from openlpu.errors import ScheduleError
@@ -16,14 +14,12 @@ from openlpu.sim import numerics as nx
 class Machine:
     """Architectural state (SRAM, stream values, MXM buffers) and the batch executors that change it."""
 
-    def __init__(self, sim) -> None:  # sim: openlpu.sim.engine._Run
+    def __init__(self, sim) -> None:  # sim: openlpu.sim.engine._Run (events, plans, pool, SRAM)
         self.s = sim
         self.lanes = sim.chip.lanes.lanes
         rows = sim.chip.mxm.plane_rows
-        self.shadow: dict = {}  # plane -> weights [rows, cols] being loaded
-        self.active: dict = {}  # plane -> installed weights
-        self.acc: dict = {}  # plane -> {slot: landed accumulator vector (int32 or fp32)}
-        self.pending: dict = {}  # plane -> heap of ABC products still in flight
+        self.tiles: dict[int, np.ndarray] = {}  # IW event -> the weight tile it installs
+        self.products: dict[int, np.ndarray] = {}  # ABC event -> its product vector
         self.rows = rows
 
     # -- stream plumbing -------------------------------------------------------------------------------------
@@ -36,15 +32,36 @@ class Machine:
         return nx.planes_to_values(self.inputs(events, first, dtype.width_bytes), dtype)
 
     def output(self, events: np.ndarray, planes: np.ndarray) -> None:
-        idx = self.s.ev.write_base[events][:, None] + np.arange(planes.shape[1])
-        self.s.pool[idx] = planes
+        base = self.s.ev.write_base[events]
+        width = planes.shape[1]
+        if len(base) and base[-1] - base[0] == (len(base) - 1) * width and np.all(np.diff(base) == width):
+            self.s.pool[base[0]: base[-1] + width] = planes.reshape(-1, planes.shape[-1])  # one burst, in order
+            return
+        self.s.pool[base[:, None] + np.arange(width)] = planes
 
     # -- MEM -------------------------------------------------------------------------------------------------
     def read(self, events: np.ndarray, ins: Instruction) -> None:
-        self.output(events, self.s.sram[self.s.slice[events], self.s.addr[events]][:, None, :])
+        """A read sees the write it was linked to (its value is the stream plane that write consumed), or the
+        SRAM as loaded; slices with Gather/Scatter run in time order against the live SRAM."""
+        data = self.s.sram[self.s.slice[events], self.s.addr[events]]
+        writer = self.s.mem.source[events]
+        linked = np.flatnonzero((writer >= 0) & ~self.s.mem.ordered[events])
+        if len(linked):
+            data[linked] = self.s.pool[self.s.source[self.s.ev.read_base[writer[linked]]]]
+        self.output(events, data[:, None, :])
 
     def write(self, events: np.ndarray, ins: Instruction) -> None:
-        self.s.sram[self.s.slice[events], self.s.addr[events]] = self.inputs(events, 0, 1)[:, 0]
+        ordered = events[self.s.mem.ordered[events]]
+        if len(ordered):
+            self.s.sram[self.s.slice[ordered], self.s.addr[ordered]] = self.inputs(ordered, 0, 1)[:, 0]
+
+    def commit_writes(self) -> None:
+        """Apply every plain write to the SRAM in commit order (the last write to a word wins)."""
+        ev, s = self.s.ev, self.s
+        writes = np.flatnonzero((s.ops == s.op_index[Opcode.WRITE]) & ~s.mem.ordered)
+        writes = writes[np.argsort(ev.cycle[writes], kind="stable")]
+        if len(writes):
+            s.sram[s.slice[writes], s.addr[writes]] = self.inputs(writes, 0, 1)[:, 0]
 
     def _lane_addresses(self, events: np.ndarray) -> np.ndarray:
         planes = self.inputs(events, 0, 2).astype(np.int64)
@@ -119,44 +136,40 @@ class Machine:
 
     # -- MXM (few events; per-event Python is fine and keeps the state rules obvious) ------------------------
     def lw(self, events: np.ndarray, ins: Instruction) -> None:
+        """Rows go into the tile of the IW that will install them (`hazards.MxmChecker` links them)."""
         planes = self.inputs(events, 0, self.s.chip.streams.streams_per_direction)
         if ins.dtype is DType.INT8:
             rows = planes.view(np.int8)
         else:
             rows = nx.planes_to_values(planes.reshape(len(events), -1, 2, self.lanes), DType.FP16)
         for e, block in zip(events.tolist(), rows):
-            key, row = self.s.plane_of(e), int(self.s.row[e])
-            buf = self.shadow.setdefault(key, np.zeros((self.rows, self.lanes), ins.dtype.numpy))
-            buf[row: row + len(block)] = block
+            iw, row = int(self.s.mxm.install_of[e]), int(self.s.row[e])
+            if iw >= 0:
+                tile = self.tiles.setdefault(iw, np.zeros((self.rows, self.lanes), ins.dtype.numpy))
+                tile[row: row + len(block)] = block
 
     def iw(self, events: np.ndarray, ins: Instruction) -> None:
-        for e in events.tolist():
-            key = self.s.plane_of(e)
-            self.active[key] = self.shadow.pop(key)
+        """Nothing to move: each ABC reads the tile of the IW it was linked to."""
 
     def abc(self, events: np.ndarray, ins: Instruction) -> None:
-        """Multiply at issue with the weights installed then; the product lands in its slot `abc_latency` later."""
+        """Multiply with the weights installed at issue; the product is kept until an ACC folds it in."""
         acts = self.values(events, 0, ins.dtype)
-        planes = [self.s.plane_of(e) for e in events.tolist()]
-        latency = self.s.chip.mxm.abc_latency_cycles
-        for key in dict.fromkeys(planes):
-            mine = np.flatnonzero(np.array([p == key for p in planes]))
-            result = nx.mxm_pass(acts[mine], self.active[key], ins.dtype)
-            pending = self.pending.setdefault(key, [])
-            for e, r in zip(events[mine].tolist(), result):
-                add = bool(self.s.ev.templates[self.s.ev.template[e]].instruction.accumulate)
-                heapq.heappush(pending, (int(self.s.ev.cycle[e]) + latency, e, int(self.s.slot[e]), add, r, ins.dtype))
-
-    def _land(self, key, cycle: int) -> dict:
-        """Apply, in landing order, every pending ABC product of plane `key` that has landed by `cycle`."""
-        acc, pending = self.acc.setdefault(key, {}), self.pending.setdefault(key, [])
-        while pending and pending[0][0] <= cycle:
-            _, _, slot, add, r, dtype = heapq.heappop(pending)
-            acc[slot] = nx.accumulate(acc[slot], r, dtype) if add and slot in acc else r
-        return acc
+        install = self.s.mxm.install_of[events]
+        for iw in np.unique(install).tolist():
+            mine = np.flatnonzero(install == iw)
+            for e, r in zip(events[mine].tolist(), nx.mxm_pass(acts[mine], self.tiles[iw], ins.dtype)):
+                self.products[e] = r
 
     def acc_(self, events: np.ndarray, ins: Instruction) -> None:
-        values = np.stack([self._land(self.s.plane_of(e), int(self.s.ev.cycle[e]))[int(self.s.slot[e])]
-                           for e in events.tolist()])
+        """The slot's value: the products landed since its last reset, accumulated in landing order."""
+        out = []
+        for e in events.tolist():
+            used = self.s.mxm.landed[e]
+            dtype = self.s.ev.templates[self.s.ev.template[used[0]]].instruction.dtype
+            value = self.products[used[0]]
+            for a in used[1:]:
+                value = nx.accumulate(value, self.products[a], dtype)
+            out.append(value)
+        values = np.stack(out)
         dt = DType.INT32 if values.dtype == np.int32 else DType.FP32
         self.output(events, nx.values_to_planes(values, dt))

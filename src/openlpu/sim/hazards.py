@@ -1,12 +1,19 @@
-"""Timing checks that need no data, and the dependency edges that let the engine batch independent events.
+"""Timing checks that need no data, and the data dependencies between events.
 
-For every event, `first_use` is the earliest issue cycle of an event that consumes its result (stream value,
-SRAM word, MXM weights or accumulator). Events issued before that cycle cannot depend on it, which is what lets
-the engine execute long runs of events as one NumPy step.
+Everything here follows from issue cycles alone, so it is computed once, over whole arrays, before any value is.
+Besides raising the errors a compiler can cause, it records for every event what it consumes:
+
+- a MEM read: the write whose value it sees (or the initial SRAM);
+- an LW: the IW that will install its rows; an ABC: the IW whose weights it multiplies;
+- an ACC: the ABC products that have landed in its slot since the slot was last reset, in landing order;
+
+and the matching dependency edges (producer -> consumer). With them the engine evaluates the program as a
+dataflow graph, one NumPy step per opcode and dependency level, however many cycles it spans.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -18,8 +25,25 @@ from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType, Unit
 from openlpu.sim.events import Events
 
-NEVER = np.iinfo(np.int64).max
 Describe = Callable[[int], str]
+OP_CODE = {op: i for i, op in enumerate(Opcode)}
+
+
+@dataclass
+class Edges:
+    """Dependency edges, producer -> consumer, collected as arrays."""
+
+    src: list[np.ndarray] = field(default_factory=list)
+    dst: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, src, dst) -> None:
+        self.src.append(np.asarray(src, dtype=np.int64).ravel())
+        self.dst.append(np.asarray(dst, dtype=np.int64).ravel())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.src:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(self.src), np.concatenate(self.dst)
 
 
 def mem_fields(ev: Events, chip: Chip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,7 +56,16 @@ def mem_fields(ev: Events, chip: Chip) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return slices >= 0, slices, ev.operand("addr")
 
 
-def check_mem(ev: Events, chip: Chip, ops: np.ndarray, first_use: np.ndarray, describe: Describe) -> None:
+@dataclass
+class MemPlan:
+    """Per event: the write a MEM read sees (-1: the initial SRAM), and whether the event's slice is `ordered`
+    (touched by Gather/Scatter, whose addresses are data: such slices execute strictly in time order)."""
+
+    source: np.ndarray
+    ordered: np.ndarray
+
+
+def check_mem(ev: Events, chip: Chip, ops: np.ndarray, edges: Edges, describe: Describe) -> MemPlan:
     is_mem, slices, addr = mem_fields(ev, chip)
     bad = np.flatnonzero(is_mem & ((addr < 0) | (addr >= chip.mem.addresses_per_slice)))
     if len(bad):
@@ -41,22 +74,26 @@ def check_mem(ev: Events, chip: Chip, ops: np.ndarray, first_use: np.ndarray, de
             f"address {addr[e]} out of range 0..{chip.mem.addresses_per_slice - 1} (after Repeat advanced it) "
             f"at {describe(e)}"
         )
-    code = {op: i for i, op in enumerate(Opcode)}
-    is_write = np.isin(ops, [code[Opcode.WRITE], code[Opcode.SCATTER]])
-    is_wide = np.isin(ops, [code[Opcode.GATHER], code[Opcode.SCATTER]])
+    is_write = np.isin(ops, [OP_CODE[Opcode.WRITE], OP_CODE[Opcode.SCATTER]])
+    is_wide = np.isin(ops, [OP_CODE[Opcode.GATHER], OP_CODE[Opcode.SCATTER]])
     mem = np.flatnonzero(is_mem)
     when = ev.cycle[mem] + np.where(is_write[mem], chip.mem.write_latency_cycles, 0)
     _check_banks(mem, slices[mem], when, np.where(is_wide[mem], -1, addr[mem] % chip.mem.banks_per_slice),
                  describe)
-    _mem_dependencies(mem, slices[mem], addr[mem], when, is_write[mem], is_wide[mem], ev.cycle, first_use, chip)
+    ordered_slices = np.unique(slices[mem][is_wide[mem]])
+    ordered = is_mem & np.isin(slices, ordered_slices)
+    source = np.full(len(ev), -1, np.int64)
+    plain = mem[~ordered[mem]]
+    _link_words(plain, slices, addr, ev.cycle, is_write, chip, source, edges)
+    _chain_ordered(np.flatnonzero(ordered), slices, ev.cycle, is_write, chip, edges)
+    return MemPlan(source, ordered)
 
 
 def _check_banks(mem: np.ndarray, slices: np.ndarray, when: np.ndarray, bank: np.ndarray, describe: Describe) -> None:
     key = slices * (1 << 40) + when
     order = np.argsort(key, kind="stable")
     k = key[order]
-    same = np.flatnonzero(k[1:] == k[:-1])
-    for i in same:
+    for i in np.flatnonzero(k[1:] == k[:-1]):
         a, b = order[i], order[i + 1]
         if bank[a] == bank[b] or bank[a] < 0 or bank[b] < 0:
             raise ScheduleError(
@@ -66,53 +103,51 @@ def _check_banks(mem: np.ndarray, slices: np.ndarray, when: np.ndarray, bank: np
             )
 
 
-def _mem_dependencies(mem, slices, addr, when, is_write, is_wide, cycle, first_use, chip) -> None:
-    """Each write's first_use: the next read of its word (any read of its slice for Gather/Scatter)."""
-    span = chip.mem.addresses_per_slice
-    w, r = np.flatnonzero(is_write), np.flatnonzero(~is_write)
+def _link_words(events, slices, addr, cycle, is_write, chip, source, edges: Edges) -> None:
+    """Each read sees the last write to its word committed at or before its issue cycle."""
+    w = events[is_write[events]]
+    r = events[~is_write[events]]
     if not len(w) or not len(r):
         return
-    word_w = np.where(is_wide[w], -1, slices[w] * span + addr[w])
-    word_r = np.where(is_wide[r], -1, slices[r] * span + addr[r])
-    # Exact words: the last write to the word committed at or before the read.
-    order = np.lexsort((when[w], word_w))
-    wk = word_w[order] * (1 << 40) + when[w][order]
-    rk = word_r * (1 << 40) + when[r]
-    hit = np.searchsorted(wk, rk, side="right") - 1
-    ok = (hit >= 0) & (word_w[order][np.maximum(hit, 0)] == word_r) & (word_r >= 0)
-    np.minimum.at(first_use, mem[w[order[hit[ok]]]], cycle[mem[r[ok]]])
-    _wide_dependencies(mem, slices, when, w, r, is_wide, cycle, first_use)
+    span = chip.mem.addresses_per_slice
+    commit = cycle[w] + chip.mem.write_latency_cycles
+    word_w, word_r = slices[w] * span + addr[w], slices[r] * span + addr[r]
+    order = np.lexsort((commit, word_w))
+    wk = word_w[order] * (1 << 40) + commit[order]
+    hit = np.searchsorted(wk, word_r * (1 << 40) + cycle[r], side="right") - 1
+    ok = (hit >= 0) & (word_w[order][np.maximum(hit, 0)] == word_r)
+    source[r[ok]] = w[order[hit[ok]]]
+    edges.add(w[order[hit[ok]]], r[ok])
 
 
-def _wide_dependencies(mem, slices, when, w, r, is_wide, cycle, first_use) -> None:
-    """Gather reads and Scatter writes touch unknown words: link them to every access of their slice."""
-    wide_w = w[is_wide[w]]
-    wide_r = r[is_wide[r]]
-    for writers, readers in ((wide_w, r), (w, wide_r)):
-        for s in np.unique(slices[writers]) if len(readers) else []:
-            rs = readers[slices[readers] == s]
-            rs = rs[np.argsort(when[rs], kind="stable")]
-            ws = writers[slices[writers] == s]
-            nxt = np.searchsorted(when[rs], when[ws], side="left")
-            ok = nxt < len(rs)
-            np.minimum.at(first_use, mem[ws[ok]], cycle[mem[rs[nxt[ok]]]])
+def _chain_ordered(events, slices, cycle, is_write, chip, edges: Edges) -> None:
+    """Gather/Scatter slices: every access after the previous one in time (writes at their commit cycle)."""
+    if not len(events):
+        return
+    when = cycle[events] * 2 + np.where(is_write[events], 2 * chip.mem.write_latency_cycles + 1, 0)
+    order = events[np.lexsort((when, slices[events]))]
+    same = slices[order[1:]] == slices[order[:-1]]
+    edges.add(order[:-1][same], order[1:][same])
 
 
 class MxmChecker:
-    """Walks MXM events in issue order per plane: weights installed before use, the fp16 issue interval respected,
-    accumulator slots holding a completed result when an ACC reads them; records dependency edges.
+    """Walks MXM events in issue order: weights installed before use, the fp16 issue interval respected,
+    accumulator slots holding a completed result when an ACC reads them.
 
     An ABC reads its activation and the installed weights at issue and lands in its accumulator slot
-    `mxm.abc_latency_cycles` later; an ACC reads the slot at issue. So an ACC sees exactly the ABCs that completed
+    `mxm.abc_latency_cycles` later; an ACC reads the slot at issue. So an ACC sees exactly the ABCs that landed
     by then, and may legally read a slot while the next ABC into it is still in flight.
     """
 
-    def __init__(self, chip: Chip, ev: Events, first_use: np.ndarray, describe: Describe) -> None:
-        self.chip, self.ev, self.first_use, self.describe = chip, ev, first_use, describe
+    def __init__(self, chip: Chip, ev: Events, edges: Edges, describe: Describe) -> None:
+        self.chip, self.ev, self.edges, self.describe = chip, ev, edges, describe
+        n = len(ev)
+        self.install_of = np.full(n, -1, np.int64)  # LW -> the IW installing its rows; ABC -> the IW it uses
+        self.landed: dict[int, list[int]] = {}  # ACC -> ABCs folded into the value it reads, in landing order
         self.shadow: dict = {}  # plane -> (dtype, [lw events])
-        self.installed: dict = {}  # plane -> list of (effective cycle, dtype, iw event), in issue order
+        self.installed: dict = {}  # plane -> [(effective cycle, dtype, iw event)]
         self.last_abc: dict = {}  # plane -> cycle
-        self.abcs: dict = {}  # (plane, slot) -> list of (completes, event)
+        self.abcs: dict = {}  # (plane, slot) -> [(lands, event, accumulate)]
         self.accs: list = []  # (plane, slot, cycle, event)
 
     def run(self, events: np.ndarray, slot: np.ndarray) -> None:
@@ -134,7 +169,8 @@ class MxmChecker:
         if plane not in self.shadow:
             raise ScheduleError(f"{self.describe(e)}installs an empty shadow buffer; load weights with LW first")
         dtype, lws = self.shadow.pop(plane)
-        np.minimum.at(self.first_use, np.array(lws), cycle)
+        self.install_of[lws] = e
+        self.edges.add(lws, np.full(len(lws), e))
         self.installed.setdefault(plane, []).append((cycle + self.chip.mxm.iw_latency_cycles, dtype, e))
 
     def _abc(self, e, plane, ins, cycle, slot) -> None:
@@ -147,36 +183,30 @@ class MxmChecker:
         if dtype is not ins.dtype:
             raise ScheduleError(f"{self.describe(e)}streams {ins.dtype.value} activations into "
                                 f"{dtype.value} weights")
-        self.first_use[iw] = min(self.first_use[iw], cycle)
         gap = self.chip.mxm.fp16_issue_interval_cycles if dtype is DType.FP16 else 1
         if plane in self.last_abc and cycle - self.last_abc[plane] < gap:
             raise ScheduleError(f"{self.describe(e)}ABC issued {cycle - self.last_abc[plane]} cycle(s) after the "
                                 f"previous one on this plane; {dtype.value} takes one every {gap}")
         self.last_abc[plane] = cycle
-        self.abcs.setdefault((plane, slot), []).append((cycle + self.chip.mxm.abc_latency_cycles, e))
+        self.install_of[e] = iw
+        self.edges.add([iw], [e])
+        lands = cycle + self.chip.mxm.abc_latency_cycles
+        self.abcs.setdefault((plane, slot), []).append((lands, e, bool(ins.accumulate)))
 
     def _acc(self, e, plane, ins, cycle, slot) -> None:
         self.accs.append((plane, slot, cycle, e))
 
     def _link_accumulators(self) -> None:
-        """Each ACC needs a completed ABC in its slot; each ABC is first used by the next ACC after it lands."""
+        """An ACC reads the fold of the products landed in its slot since the last non-accumulating one."""
         for plane, slot, cycle, e in self.accs:
-            landed = [(done, a) for done, a in self.abcs.get((plane, slot), []) if done <= cycle]
+            history = self.abcs.get((plane, slot), [])
+            landed = [(lands, a, add) for lands, a, add in history if lands <= cycle]
             if not landed:
-                pending = self.abcs.get((plane, slot))
-                hint = (f"; the first ABC into it lands at cycle {pending[0][0]}, so issue the ACC "
-                        f"{pending[0][0] - cycle} cycle(s) later") if pending else ""
+                hint = (f"; the first ABC into it lands at cycle {history[0][0]}, so issue the ACC "
+                        f"{history[0][0] - cycle} cycle(s) later") if history else ""
                 raise ScheduleError(f"{self.describe(e)}reads accumulator slot {slot}, which holds no completed "
                                     f"ABC result at cycle {cycle}{hint}")
-        by_slot: dict = {}
-        for plane, slot, cycle, _ in self.accs:
-            by_slot.setdefault((plane, slot), []).append(cycle)
-        for key, abcs in self.abcs.items():
-            reads = np.sort(np.array(by_slot.get(key, []), dtype=np.int64))
-            if not len(reads):
-                continue
-            done = np.array([d for d, _ in abcs], dtype=np.int64)
-            nxt = np.searchsorted(reads, done, side="left")
-            ok = nxt < len(reads)
-            ev = np.array([a for _, a in abcs], dtype=np.int64)
-            np.minimum.at(self.first_use, ev[ok], reads[nxt[ok]])
+            resets = [i for i, (_, _, add) in enumerate(landed) if not add]
+            used = [a for _, a, _ in landed[resets[-1] if resets else 0:]]
+            self.landed[e] = used
+            self.edges.add(used, np.full(len(used), e))

@@ -29,15 +29,25 @@ COMPUTE_TYPE = {DType.INT8: np.int32, DType.INT16: np.int32, DType.INT32: np.int
 
 def planes_to_values(planes: np.ndarray, dtype: DType) -> np.ndarray:
     """[..., w, lanes] uint8 byte planes -> [..., lanes] values of `dtype`."""
-    moved = np.ascontiguousarray(np.moveaxis(planes, -2, -1))  # [..., lanes, w]
-    return moved.view(dtype.numpy)[..., 0]
+    w = dtype.width_bytes
+    if w == 1:
+        return planes[..., 0, :].view(dtype.numpy)
+    wide = np.uint16 if w == 2 else np.uint32
+    word = planes[..., 0, :].astype(wide)
+    for b in range(1, w):
+        word |= planes[..., b, :].astype(wide) << (8 * b)
+    return word.view(dtype.numpy)
 
 
 def values_to_planes(values: np.ndarray, dtype: DType) -> np.ndarray:
     """[..., lanes] values -> [..., w, lanes] uint8 byte planes."""
-    raw = np.ascontiguousarray(values.astype(dtype.numpy)).view(np.uint8)
-    raw = raw.reshape(*values.shape, dtype.width_bytes)
-    return np.ascontiguousarray(np.moveaxis(raw, -1, -2))
+    w = dtype.width_bytes
+    word = np.ascontiguousarray(values.astype(dtype.numpy)).view(np.uint8 if w == 1 else np.uint16 if w == 2
+                                                                 else np.uint32)
+    out = np.empty(values.shape[:-1] + (w, values.shape[-1]), np.uint8)
+    for b in range(w):
+        out[..., b, :] = word >> (8 * b) if b else word
+    return out
 
 
 def widen(values: np.ndarray, dtype: DType) -> np.ndarray:

@@ -1,0 +1,114 @@
+"""A chain of VXM operations streamed through the ALUs without touching memory between them.
+
+Each pass streams every row from one hemisphere's MEM slices through the four ALU ranks (one operation per rank,
+one stream hop between ranks) into the other hemisphere's slices; the next pass streams back the other way. A
+chain of L operations takes ceil(L / 4) passes; rows flow one per cycle, so a pass over M rows takes about M
+cycles plus its pipeline depth. Values are fp32 and every operation rounds to fp32, as the VXM does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from openlpu.errors import ProgramError
+from openlpu.hardware.chip import Chip
+from openlpu.hardware.geometry import Hemisphere
+from openlpu.isa.instruction import Instruction
+from openlpu.isa.opcodes import VXM_BINARY, VXM_UNARY, Opcode
+from openlpu.isa.program import Check, CheckMode, Placement, Tensor
+from openlpu.isa.types import Direction, DType, StreamRef
+from openlpu.kernels.builder import ProgramBuilder, mem_queue, vxm_queue
+from openlpu.kernels.kernel import Kernel
+from openlpu.sim.semantics import latency
+
+#: Large ALUs by rank, eastward pass first (ALU id = 4 * row + rank; reference 1.4).
+EAST_ALUS = (0, 5, 10, 15)
+WEST_ALUS = (7, 2, 13, 8)
+_FP32 = DType.FP32
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One chain operation: a unary op, or a binary op with an immediate second operand."""
+
+    op: Opcode
+    imm: float | None = None
+
+    def expr(self, inner: str) -> str:
+        names = {Opcode.ADD: "+", Opcode.SUB: "-", Opcode.MUL: "*"}
+        if self.op in names:
+            return f"fp32({inner} {names[self.op]} {self.imm!r})"
+        if self.op in (Opcode.MAX, Opcode.MIN):
+            return f"fp32({'maximum' if self.op is Opcode.MAX else 'minimum'}({inner}, {self.imm!r}))"
+        if self.op is Opcode.COPY:
+            return inner
+        if self.op is Opcode.NEG:
+            return f"-{inner}"
+        return f"fp32({self.op.value}({inner}))"
+
+
+def vxm_chain(chip: Chip, x: np.ndarray, steps: list[Step], *, name: str = "vxm_chain") -> Kernel:
+    """Apply `steps` in order to every element of fp32 `x` [rows, cols <= 320]."""
+    if x.ndim != 2 or x.shape[1] > chip.lanes.lanes:
+        raise ProgramError(f"vxm_chain: x must be [rows, <= {chip.lanes.lanes}], got {x.shape}")
+    _check_steps(steps)
+    rows = x.shape[0]
+    b = ProgramBuilder(chip, name)
+    buffers = {h: Tensor(name="x" if h is Hemisphere.W else "y", dtype=_FP32, rows=rows, cols=x.shape[1],
+                         placement=Placement(hemisphere=h, first_slice=0, address=0))
+               for h in (Hemisphere.W, Hemisphere.E)}
+    b.tensors += list(buffers.values())
+    t = 0
+    passes = [steps[i:i + 4] for i in range(0, len(steps), 4)]
+    for n, chunk in enumerate(passes):
+        t = _pass(b, rows, chunk, Hemisphere.W if n % 2 == 0 else Hemisphere.E, t)
+    result = buffers[Hemisphere.E if len(passes) % 2 else Hemisphere.W]
+    expr = "x"
+    for s in steps:
+        expr = s.expr(expr)
+    b.checks.append(Check(target=result.name, mode=CheckMode.EXACT, expr=expr))
+    return Kernel(program=b.build(), predicted_cycles=b.predicted_cycles(),
+                  inputs={"x": x.astype(np.float32)}, assemble=lambda tensors: tensors[result.name])
+
+
+def _check_steps(steps: list[Step]) -> None:
+    for s in steps:
+        binary = s.op in VXM_BINARY and s.op not in (Opcode.CMP_EQ, Opcode.CMP_LT, Opcode.CMP_LE)
+        if not (s.op in VXM_UNARY and s.imm is None or binary and s.imm is not None):
+            raise ProgramError(f"vxm_chain: step {s.op.value} needs {'an imm' if binary else 'no imm'} operand")
+    if not steps:
+        raise ProgramError("vxm_chain: give at least one step")
+
+
+def _pass(b: ProgramBuilder, rows: int, steps: list[Step], source: Hemisphere, start: int) -> int:
+    """Stream `rows` rows from `source` through one ALU per step into the other hemisphere; returns the first
+    cycle after the pass's last write has committed."""
+    chip, geo = b.chip, b.geo
+    east = source is Hemisphere.W
+    d = Direction.E if east else Direction.W
+    alus = EAST_ALUS if east else WEST_ALUS
+    first = b.position(vxm_queue(alus[0]))
+    read_lat = chip.mem.read_latency_cycles
+    arrive = start + max(read_lat + abs(first - geo.mem(source, byte)) for byte in range(4))
+    for byte in range(4):
+        q = mem_queue(source, byte)
+        b.place(q, b.issue_to_arrive(q, read_lat, first, arrive),
+                Instruction(op=Opcode.READ, addr=0, out=StreamRef(d, byte)), rows)
+    t, stream = arrive, 0
+    for rank, step in enumerate(steps):
+        alu = vxm_queue(alus[rank])
+        out = StreamRef(d, 4 * (rank + 1))
+        b.place(alu, t, Instruction(op=step.op, dtype=_FP32, a=StreamRef(d, stream), out=out, imm=step.imm), rows)
+        produced, position = t + latency(chip, step.op), b.position(alu)
+        if rank + 1 < len(steps):
+            t = b.arrival(position, produced, vxm_queue(alus[rank + 1]))
+        stream = out.index
+    last = 0
+    for byte in range(4):
+        q = mem_queue(Hemisphere.E if east else Hemisphere.W, byte)
+        when = b.arrival(position, produced, q)
+        b.place(q, when, Instruction(op=Opcode.WRITE, addr=0, a=StreamRef(d, stream + byte)), rows)
+        last = max(last, when + rows - 1 + chip.mem.write_latency_cycles)
+    return last + 1
