@@ -55,7 +55,8 @@ def test_chip_show_json() -> None:
 
 
 def test_chip_show_user_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "big.toml", PRESET_TEXT.replace("addresses_per_slice = 8192", "addresses_per_slice = 16384"))
+    big = PRESET_TEXT.replace("addresses_per_slice = 8192", "addresses_per_slice = 16384")
+    path = write(tmp_path, "big.toml", big)
     result = invoke("chip", "show", path, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -109,7 +110,8 @@ def test_run_example_text() -> None:
 
 
 def test_run_on_a_user_chip(tmp_path: Path) -> None:
-    path = write(tmp_path, "slow.toml", PRESET_TEXT.replace("clock_hz = 900_000_000", "clock_hz = 450_000_000"))
+    slow = PRESET_TEXT.replace("clock_hz = 900_000_000", "clock_hz = 450_000_000")
+    path = write(tmp_path, "slow.toml", slow)
     data = json.loads(invoke("run", VADD, "--chip", path, "--json").stdout)
     assert data["seconds"] == data["cycles"] / 450_000_000
 
@@ -125,7 +127,8 @@ def test_failing_check_exits_1(tmp_path: Path) -> None:
 
 def test_missing_program(tmp_path: Path) -> None:
     path = tmp_path / "absent.s"
-    assert_user_error(invoke("run", path), f"cannot read assembly file {str(path)!r}: No such file or directory")
+    message = f"cannot read assembly file {str(path)!r}: No such file or directory"
+    assert_user_error(invoke("run", path), message)
 
 
 def test_assembly_error(tmp_path: Path) -> None:
@@ -140,7 +143,8 @@ def test_schedule_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Traceback" not in result.output
     # The simulator's own message (tested in the simulator's tests) names the stream, cycle and instruction.
     assert result.stderr.startswith("error: read of stream E8 holding no value")
-    assert "cycle 24" in result.stderr and "mem.e.0" in result.stderr and "`write addr=0 a=E8`" in result.stderr
+    for text in ("cycle 24", "mem.e.0", "`write addr=0 a=E8`"):
+        assert text in result.stderr
 
 
 def test_internal_errors_propagate(monkeypatch: pytest.MonkeyPatch) -> None:

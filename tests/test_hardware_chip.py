@@ -1,9 +1,10 @@
-"""The chip description: the groqchip1 preset, its derived figures, and whole error messages for bad chip files."""
+"""The chip description: the groqchip1 preset, its derived figures, and whole error messages for bad files."""
 
 from __future__ import annotations
 
 import copy
 import tomllib
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,9 @@ BAD_CHIPS = {
     ),
     "unknown field": (
         _set("mem", latency=3),
-        "my.toml: [mem]: unknown field(s) ['latency']; valid fields are ['addresses_per_slice', 'banks_per_slice', "
-        "'read_latency_cycles', 'slices_per_hemisphere', 'write_latency_cycles']",
+        "my.toml: [mem]: unknown field(s) ['latency']; valid fields are "
+        "['addresses_per_slice', 'banks_per_slice', 'read_latency_cycles', 'slices_per_hemisphere', "
+        "'write_latency_cycles']",
     ),
     "unknown section": (
         lambda d: d.update(cache={}),
@@ -169,7 +171,8 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text(PRESET_TEXT.replace("clock_hz = 900_000_000", "clock_hz = 10"), encoding="utf-8")
     with pytest.raises(ConfigError) as e:
         load_chip(path)
-    assert str(e.value) == f"{path}: [chip.clock_hz]: value 10 is outside the valid range 1000000..100000000000"
+    range_text = "1000000..100000000000"
+    assert str(e.value) == f"{path}: [chip.clock_hz]: value 10 is outside the valid range {range_text}"
 
 
 def test_direct_construction_is_checked() -> None:
@@ -180,6 +183,4 @@ def test_direct_construction_is_checked() -> None:
 
 
 def _fields(obj: Any) -> dict[str, Any]:
-    from dataclasses import fields
-
     return {f.name: getattr(obj, f.name) for f in fields(obj)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,6 @@ def test_global_slice_numbering() -> None:
 
 
 def test_geometry_follows_the_chip_file(tmp_path: Path) -> None:
-    from importlib import resources
-
     text = (resources.files("openlpu.hardware.presets") / "groqchip1.toml").read_text(encoding="utf-8")
     small = text.replace("slices_per_hemisphere = 44", "slices_per_hemisphere = 4")
     assert small != text
@@ -72,5 +71,6 @@ def test_position_names() -> None:
     g = Geometry.of(load_chip())
     names = [g.name(p) for p in range(g.positions)]
     assert len(set(names)) == g.positions
-    assert [g.name(p) for p in (g.mxm(W), g.sxm(W), g.mem(W, 3), g.vxm_rank(0), g.mem(E, 43), g.sxm(E), g.mxm(E))] \
-        == ["mxm.w", "sxm.w", "mem.w.3", "vxm rank 0", "mem.e.43", "sxm.e", "mxm.e"]
+    spots = (g.mxm(W), g.sxm(W), g.mem(W, 3), g.vxm_rank(0), g.mem(E, 43), g.sxm(E), g.mxm(E))
+    expected = ["mxm.w", "sxm.w", "mem.w.3", "vxm rank 0", "mem.e.43", "sxm.e", "mxm.e"]
+    assert [g.name(p) for p in spots] == expected

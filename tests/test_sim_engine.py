@@ -29,7 +29,7 @@ def error(text: str, kind=ScheduleError) -> str:
 
 # mem.w.1 sits at position 44, mem.w.0 at 45, VXM rank 0 at 46, mem.e.0 at 50 (see hardware/geometry.py).
 COPY = """.program copy
-.tensor x int8 2x320 @ w:1 addr=0 = range(0, 1)
+.tensor x int8 2x320 @ w:1 addr=0 = random(1, -128, 127)
 .tensor y int8 2x320 @ e:0 addr=0
 .check y == x
 .queue mem.w.1

@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -37,7 +36,7 @@ err = Console(stderr=True, highlight=False)
 class _Group(TyperGroup):
     """Turns a UserError raised by any subcommand into a red one-paragraph message and exit code 2."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as e:
@@ -49,7 +48,7 @@ app = typer.Typer(
     cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
     help="OpenLPU: an open, executable model of a deterministic, SRAM-only, compiler-scheduled chip.",
 )
-chip_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Inspect chip descriptions (presets or TOML files).")
+chip_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Inspect chip descriptions (presets or TOML).")
 app.add_typer(chip_app, name="chip")
 
 ChipOption = Annotated[
@@ -84,11 +83,7 @@ def _binary(unit: str) -> Callable[[int], str]:
     return lambda v: _scaled(v, unit, ("", "Ki", "Mi", "Gi", "Ti"), 1024)
 
 
-def _plain(unit: str) -> Callable[[int], str]:
-    return lambda v: f"{v:,} {unit}"
-
-
-#: summary() key -> (label, human form of the exact integer). Keys missing here are shown without a human form.
+#: summary() key -> (label, human form of the exact integer). Keys not listed are shown without a human form.
 SUMMARY_FORMAT: dict[str, tuple[str, Callable[[int], str] | None]] = {
     "clock_hz": ("clock", _si("Hz")),
     "lanes": ("lanes per vector", None),
@@ -98,8 +93,8 @@ SUMMARY_FORMAT: dict[str, tuple[str, Callable[[int], str] | None]] = {
     "sram_read_bytes_per_cycle": ("SRAM read per cycle", _binary("B/cycle")),
     "sram_bytes_per_cycle": ("SRAM read+write per cycle", _binary("B/cycle")),
     "sram_bandwidth_bytes_per_second": ("SRAM bandwidth", _si("B/s")),
-    "macs_per_cycle_int8": ("int8 MACs per cycle", _plain("MAC/cycle")),
-    "macs_per_cycle_fp16": ("fp16 MACs per cycle", _plain("MAC/cycle")),
+    "macs_per_cycle_int8": ("int8 MACs per cycle", _si("MAC/cycle")),
+    "macs_per_cycle_fp16": ("fp16 MACs per cycle", _si("MAC/cycle")),
     "peak_int8_ops_per_second": ("peak int8", _si("OPS")),
     "peak_fp16_flops_per_second": ("peak fp16", _si("FLOPS")),
     "vxm_alus": ("VXM ALUs (all lanes)", None),
@@ -130,7 +125,8 @@ def _print_json(obj: Any) -> None:
 @chip_app.command("show")
 def chip_show(
     preset_or_path: Annotated[
-        str | None, typer.Argument(metavar="[PRESET_OR_PATH]", help=f"Preset name or TOML file [default: {DEFAULT_CHIP}].")
+        str | None,
+        typer.Argument(metavar="[PRESET_OR_PATH]", help=f"Preset or TOML file [default: {DEFAULT_CHIP}]."),
     ] = None,
     chip: ChipOption = None,
     as_json: JsonOption = False,
@@ -151,7 +147,8 @@ def chip_show(
         if key in ("name", "source"):
             continue
         label, human = SUMMARY_FORMAT.get(key, (key, None))
-        table.add_row(label, f"{value:,}" if isinstance(value, int) else str(value), human(value) if human else "")
+        exact = f"{value:,}" if isinstance(value, int) else str(value)
+        table.add_row(label, exact, human(value) if human else "")
     out.print(table)
 
 
@@ -161,10 +158,10 @@ def chip_list() -> None:
     table = Table(title="chip presets", title_justify="left")
     for column in ("preset", "clock", "SRAM", "peak int8", "peak fp16"):
         table.add_column(column, justify="left" if column == "preset" else "right")
+    keys = ("clock_hz", "sram_bytes", "peak_int8_ops_per_second", "peak_fp16_flops_per_second")
     for name in preset_names():
         s = load_chip(name).summary()
-        table.add_row(name, *(SUMMARY_FORMAT[k][1](s[k]) for k in  # type: ignore[misc]
-                              ("clock_hz", "sram_bytes", "peak_int8_ops_per_second", "peak_fp16_flops_per_second")))
+        table.add_row(name, *(SUMMARY_FORMAT[k][1](s[k]) for k in keys))  # type: ignore[misc]
     out.print(table)
 
 
@@ -224,7 +221,7 @@ def example_paths() -> list[Path]:
 
 @app.command("demo")
 def demo(chip: ChipOption = None, as_json: JsonOption = False) -> None:
-    """Run every shipped example program and tabulate cycles, time and checks (exit code 1 if a check fails)."""
+    """Run every shipped example program; tabulate cycles, time and checks (exit code 1 if a check fails)."""
     results = []
     for path in example_paths():
         p = load_program(path)

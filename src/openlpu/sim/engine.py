@@ -26,7 +26,7 @@ from openlpu.hardware.chip import Chip, load_chip
 from openlpu.hardware.geometry import Geometry
 from openlpu.isa.opcodes import MXM_OPS, SXM_OPS, VXM_OPS, Opcode
 from openlpu.isa.program import Program
-from openlpu.isa.types import Unit
+from openlpu.isa.types import DType, Unit
 from openlpu.sim import checks as checks_mod
 from openlpu.sim import events as events_mod
 from openlpu.sim import hazards, memory, streams, timing, validate
@@ -248,8 +248,11 @@ class _Run:
         return out
 
     def _mxm_macs(self) -> int:
+        """MACs in int8-plane units: an fp16 pass occupies a plane pair for `fp16_issue_interval_cycles`."""
         abc = self.ops == OP_INDEX[Opcode.ABC]
-        return int(abc.sum()) * self.chip.mxm.plane_rows * self.chip.mxm.plane_columns
+        fp16 = np.array([t.instruction.dtype is DType.FP16 for t in self.ev.templates], bool)[self.ev.template]
+        cost = np.where(fp16[abc], 2 * self.chip.mxm.fp16_issue_interval_cycles, 1)
+        return int(cost.sum()) * self.chip.mxm.plane_rows * self.chip.mxm.plane_columns
 
 
 def _text(ins) -> str:

@@ -49,8 +49,21 @@ def check_tensor(t: Tensor, chip: Chip) -> None:
 
 
 def init_values(t: Tensor) -> np.ndarray:
-    """The tensor's initial contents as an array [rows, cols] of its dtype (zeros when it has no init)."""
-    shape, dt = (t.rows, t.cols), t.dtype.numpy
+    """The tensor's initial contents as an array [rows, cols] of its dtype (zeros when it has no init).
+    Values the dtype cannot hold are an error, not silently wrapped."""
+    values = _init_raw(t)
+    with np.errstate(invalid="ignore", over="ignore"):
+        typed = values.astype(t.dtype.numpy)
+        lost = np.isinf(typed) & np.isfinite(values) if t.dtype.is_float else typed != values
+    if np.any(lost):
+        bad = np.asarray(values).ravel()[np.flatnonzero(np.ravel(lost))[0]]
+        raise ProgramError(f"tensor {t.name}: initial value {bad} does not fit in {t.dtype.value}; change the init "
+                           "or the tensor's type")
+    return typed
+
+
+def _init_raw(t: Tensor) -> np.ndarray:
+    shape, dt = (t.rows, t.cols), np.float64
     init = t.init or Init(kind=InitKind.ZEROS)
     a = init.args
     if init.kind is InitKind.ZEROS:
@@ -66,7 +79,7 @@ def init_values(t: Tensor) -> np.ndarray:
     rng = np.random.default_rng(int(a[0]))
     low, high = a[1], a[2]
     if t.dtype.is_float:
-        return rng.uniform(low, high, size=shape).astype(dt)
+        return rng.uniform(low, high, size=shape)
     return rng.integers(int(low), int(high), size=shape, endpoint=True).astype(dt)
 
 

@@ -19,7 +19,7 @@ updates and stream writes still in flight, keyed by the cycle they land in. Each
    instruction n more times d cycles apart (the first d cycles after its last issue), advancing its address, row
    or slot by `semantics.advance_step`; `config` takes one cycle; `sync` parks the queue; `notify` takes one cycle
    and releases every parked queue (their Syncs issued at or before c), which resume at c + `icu.notify_latency`.
-4. Issue-time checks: MEM addresses in range; per MEM slice, the read issued in c and the write committing in c
+4. Issue-time checks: MEM addresses, LW rows and ABC/ACC slots in range after Repeat advanced them; per MEM slice, the read issued in c and the write committing in c
    must use different banks (address % banks); a Gather or Scatter conflicts with any other access.
 5. Every issued instruction reads its stream operands at its own position, marking each value read. A value
    written in cycle c is not there yet (step 7), so a value written at p in cycle T is read at a position q
@@ -37,14 +37,16 @@ with every violation found attached as `error.violations`: a tool for comparing 
 
 Cycles: (the last cycle in which anything lands at superlane 0: a stream write, an SRAM commit, a weight install,
 an accumulator update, an LW, or a queue's last busy cycle) + `superlanes`, as `engine` defines it. Utilisation
-uses the engine's definitions; `batches` is the number of cycles stepped (the reference runs one cycle per step).
+uses the engine's definitions; the engine's count of execution steps (`levels`) is here the number of cycles
+stepped (the reference runs one cycle per step).
 """
 
 from __future__ import annotations
 
 import enum
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Callable
 
 import numpy as np
 
@@ -69,6 +71,7 @@ class Kind(enum.Enum):
     CLOBBERED = "a value overwritten before any instruction read it"
     BANK = "bank conflict"
     ADDRESS = "MEM address out of range"
+    MXM_RANGE = "LW row or accumulator slot out of range"
     LANE_ADDRESS = "Gather/Scatter lane address out of range"
     NO_WEIGHTS = "ABC before weights are installed"
     WEIGHTS_DTYPE = "ABC type differs from the installed weights"
@@ -142,7 +145,7 @@ class _Queue:
     def done(self) -> bool:
         return self.pc == len(self.instrs) and not self.repeats and self.parked_at is None
 
-    def step(self, c: int, late: callable) -> tuple[int, Instruction, int] | Opcode | None:
+    def step(self, c: int, late: Callable[[str], None]) -> tuple[int, Instruction, int] | Opcode | None:
         """Cycle c: issue (index, instruction, k), Opcode.NOTIFY, or nothing. `late(message)` reports a Repeat
         whose first re-issue falls before the cycle the queue reaches it."""
         if self.parked_at is not None:
@@ -168,7 +171,7 @@ class _Queue:
                 return self.pc - 1, ins, 0
         return None
 
-    def _start_repeat(self, c: int, ins: Instruction, late: callable) -> tuple[int, Instruction, int] | None:
+    def _start_repeat(self, c: int, ins: Instruction, late: Callable[[str], None]) -> tuple[int, Instruction, int] | None:
         index, prev, t_last, k_last = self.last  # `_validate` made sure something precedes every Repeat
         first = t_last + ins.d
         if first < c:
@@ -312,8 +315,12 @@ class _Machine:
         commits = self.land(c)
         issued = self.issue(c)
         self.check_mem(c, issued, commits)
-        for inst in sorted(issued, key=lambda i: (semantics.PHASE[i.ins.op], self.queue_order[i.queue])):
-            _EXECUTE[inst.ins.op](self, inst, self.read_operands(inst))
+        self.check_mxm_ranges(issued)
+        operands = [self.read_operands(inst) for inst in issued]
+        order = sorted(range(len(issued)), key=lambda i: (semantics.PHASE[issued[i].ins.op],
+                                                          self.queue_order[issued[i].queue]))
+        for i in order:
+            _EXECUTE[issued[i].ins.op](self, issued[i], operands[i])
         self.place(c)
 
     # -- step 2: state updates landing ------------------------------------------------------------------------
@@ -379,6 +386,20 @@ class _Machine:
                         self.violate(Kind.BANK, c, f"bank conflict in cycle {c}: {who_a} and {who_b} use the same "
                                                    "bank of one MEM slice; move one by a cycle or use the other "
                                                    "bank (odd/even address)")
+
+    def check_mxm_ranges(self, issued: list[_Instance]) -> None:
+        """Repeat advances LW rows and ABC/ACC slots as it advances MEM addresses; they must stay on the plane."""
+        m = self.chip.mxm
+        for inst in issued:
+            if inst.ins.op is Opcode.LW:
+                row, rows = inst.operand("row"), validate.lw_rows(self.chip, inst.ins.dtype)
+                if row + rows > m.plane_rows:
+                    self.violate(Kind.MXM_RANGE, inst.cycle, f"{inst.describe()}: rows {row}..{row + rows - 1} "
+                                                             f"(after Repeat advanced them) are outside the plane's "
+                                                             f"0..{m.plane_rows - 1}")
+            elif inst.ins.op in (Opcode.ABC, Opcode.ACC) and inst.operand("slot") >= m.accumulator_vectors:
+                self.violate(Kind.MXM_RANGE, inst.cycle, f"{inst.describe()}: slot {inst.operand('slot')} (after "
+                                                         f"Repeat advanced it) is outside 0..{m.accumulator_vectors - 1}")
 
     def bank(self, inst: _Instance, addr: int) -> int | None:
         """The bank an access uses; None for Gather and Scatter, which may touch either."""
@@ -516,25 +537,25 @@ class _Machine:
         ins, c = inst.ins, inst.cycle
         key = (inst.queue.hemisphere, ins.plane)
         plane = self.planes[key]
+        weights_ok = plane.active is not None and plane.active[0] is ins.dtype
+        if plane.active is None:
+            self.violate(Kind.NO_WEIGHTS, c, f"{inst.describe()}: MXM plane {ins.plane} ({key[0].value}) is used "
+                                             "before weights are installed; issue LW and IW, and the ABC at least "
+                                             f"{self.chip.mxm.iw_latency_cycles} cycle(s) after the IW")
+        elif not weights_ok:
+            self.violate(Kind.WEIGHTS_DTYPE, c, f"{inst.describe()}: streams {ins.dtype.value} activations into "
+                                                f"{plane.active[0].value} weights")
         gap = self.chip.mxm.fp16_issue_interval_cycles if ins.dtype is DType.FP16 else 1
         if plane.last_abc is not None and c - plane.last_abc < gap:
             self.violate(Kind.ABC_INTERVAL, c, f"{inst.describe()}: ABC issued {c - plane.last_abc} cycle(s) after "
                                                f"the previous one on this plane; {ins.dtype.value} takes one every "
                                                f"{gap}")
         plane.last_abc = c
-        if plane.active is None:
-            self.violate(Kind.NO_WEIGHTS, c, f"{inst.describe()}: MXM plane {ins.plane} ({key[0].value}) is used "
-                                             "before weights are installed; issue LW and IW, and the ABC at least "
-                                             f"{self.chip.mxm.iw_latency_cycles} cycle(s) after the IW")
-            return
-        if plane.active[0] is not ins.dtype:
-            self.violate(Kind.WEIGHTS_DTYPE, c, f"{inst.describe()}: streams {ins.dtype.value} activations into "
-                                                f"{plane.active[0].value} weights")
-            return
-        acts = nx.planes_to_values(planes, ins.dtype)
-        product = nx.mxm_pass(acts[None, :], plane.active[1], ins.dtype)[0]
-        self.landing[c + self.chip.mxm.abc_latency_cycles].append(
-            ("product", key, inst.operand("slot"), product, bool(ins.accumulate), ins.dtype))
+        if weights_ok:
+            acts = nx.planes_to_values(planes, ins.dtype)
+            product = nx.mxm_pass(acts[None, :], plane.active[1], ins.dtype)[0]
+            self.landing[c + self.chip.mxm.abc_latency_cycles].append(
+                ("product", key, inst.operand("slot"), product, bool(ins.accumulate), ins.dtype))
 
     def exec_acc(self, inst: _Instance, _planes: np.ndarray) -> None:
         slot = inst.operand("slot")
@@ -558,17 +579,21 @@ class _Machine:
             env = checks.reference_env(self.program.tensors, initial)
             results = tuple(checks.run_check(c, self.program.tensor(c.target), tensors[c.target], env)
                             for c in self.program.checks)
-        return Result(program=self.program.name, chip=self.chip, cycles=self.cycles(),
-                      instructions=self.program.instruction_count, events=len(self.issued), batches=self.stepped,
+        values = dict(program=self.program.name, chip=self.chip, cycles=self.cycles(),
+                      instructions=self.program.instruction_count, events=len(self.issued),
                       utilisation=self.utilisation(), checks=results, tensors=tensors)
+        # the engine's count of execution steps (`levels`, formerly `batches`): here, the cycles stepped
+        steps = {f.name: self.stepped for f in fields(Result) if f.name not in values}
+        return Result(**values, **steps)
 
     def utilisation(self) -> dict[str, float]:
         """Issues per queue per cycle for MEM slices, VXM ALUs and SXM queues; MXM MACs over the int8 peak."""
         c, cycles = self.chip, max(self.cycles(), 1)
         queues = {Unit.MEM: c.mem_slices, Unit.VXM: c.vxm.alus, Unit.SXM: 2 * c.sxm.queues_per_hemisphere}
         out = {u.value: sum(i.queue.unit is u for i in self.issued) / (cycles * n) for u, n in queues.items()}
-        abcs = sum(i.ins.op is Opcode.ABC for i in self.issued)
-        out["mxm_macs"] = abcs * c.mxm.plane_rows * c.mxm.plane_columns / (cycles * c.macs_per_cycle_int8)
+        passes = sum(2 * c.mxm.fp16_issue_interval_cycles if i.ins.dtype is DType.FP16 else 1
+                     for i in self.issued if i.ins.op is Opcode.ABC)  # an fp16 pass holds a plane pair that long
+        out["mxm_macs"] = passes * c.mxm.plane_rows * c.mxm.plane_columns / (cycles * c.macs_per_cycle_int8)
         return out
 
 

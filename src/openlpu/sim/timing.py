@@ -1,7 +1,9 @@
 """Issue timing: when every instruction of every queue issues, with NOP, Repeat, Sync and Notify applied.
 
 Each queue issues at most one instruction per cycle. `NOP n` idles n cycles; `Repeat n, d` re-issues the previous
-instruction n more times, d cycles apart, advancing its address / row / slot (see `semantics.advance_step`);
+instruction n more times, d cycles apart, advancing its address / row / slot (see `semantics.advance_step`); the
+first re-issue comes d cycles after the previous issue, or when the queue reaches the Repeat if NOPs or a Sync
+came between;
 `Sync` parks the queue until a `Notify` issued at or after that cycle, and the queue resumes
 `icu.notify_latency_cycles` after the Notify. Queues only meet at Sync/Notify, so between them each queue runs
 free; a heap orders the meeting points. Cost: one Python step per instruction, never one per cycle.
@@ -79,7 +81,8 @@ class _Walker:
             )
         index, prev, t_last, k_last = self.last
         j = np.arange(1, ins.n + 1)
-        cycles, ks = t_last + ins.d * j, k_last + j
+        first = max(t_last + ins.d, self.t)  # never before the queue reaches the Repeat (after NOPs or a Sync)
+        cycles, ks = first + ins.d * (j - 1), k_last + j
         self.issues.append(Issue(self.queue, index, prev, cycles, ks))
         self.last = (index, prev, int(cycles[-1]), int(ks[-1]))
         self.t = int(cycles[-1]) + 1
