@@ -1,6 +1,6 @@
 """Shared references for the frontend tests, each built once per test process (functools.cache).
 
-* the embedded SmolLM2-135M-Instruct GGUF and a copy truncated to `REF_LAYERS` blocks without tokenizer metadata
+* the embedded SmolLM2-135M-Instruct GGUF and a copy cut to `REF_LAYERS` blocks without tokenizer metadata
   (transformers loads it in ~4 s instead of ~35 s for the whole file);
 * our loaded models and tokenizer, and transformers' model and tokenizer for the same files, in float32.
 
@@ -25,9 +25,44 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read before transformers is impo
 REF_LAYERS = 2
 """Blocks kept in the truncated model used by the default (fast) tests."""
 
-PROMPT_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712,
-              8182, 2, 198, 1, 4093, 198, 1780, 314, 253, 2644, 47, 2, 198, 1, 520, 9531, 198]
-"""A chat prompt (system, user 'What is a cat?', assistant turn), 35 tokens, fixed so the tests need no tokenizer."""
+PROMPT_IDS = [
+    1,
+    9690,
+    198,
+    2683,
+    359,
+    253,
+    5356,
+    5646,
+    11173,
+    3365,
+    3511,
+    308,
+    34519,
+    28,
+    7018,
+    411,
+    407,
+    19712,
+    8182,
+    2,
+    198,
+    1,
+    4093,
+    198,
+    1780,
+    314,
+    253,
+    2644,
+    47,
+    2,
+    198,
+    1,
+    520,
+    9531,
+    198,
+]
+"""A chat prompt (system, user 'What is a cat?', assistant turn): 35 tokens, fixed; needs no tokenizer."""
 
 
 @functools.cache
@@ -49,7 +84,7 @@ def reader() -> Any:
 
 
 def write_truncated_gguf(src: Any, dst: Path, n_layers: int, *, keep_tokenizer: bool = False) -> Path:
-    """Copy the GGUF open in reader `src` to `dst`, keeping the first `n_layers` blocks, tensors byte for byte."""
+    """Copy the GGUF open in reader `src` to `dst`, keeping the first `n_layers` blocks (bytes unchanged)."""
     import gguf
 
     arch = src.fields["general.architecture"].contents()
@@ -85,7 +120,7 @@ def our_model(n_layers: int | None = REF_LAYERS) -> Any:
     """Our load of the embedded model (n_layers=None: all 30 blocks)."""
     from openlpu.frontends.gguf import load_gguf
 
-    return load_gguf(model_path(), n_layers=n_layers)
+    return load_gguf(n_layers=n_layers, reader=reader())
 
 
 @functools.cache
@@ -108,8 +143,9 @@ def hf_model(n_layers: int | None = REF_LAYERS) -> Any:
     torch, transformers = _transformers()
     path = model_path() if n_layers is None else truncated_path(n_layers)
     transformers.logging.set_verbosity_error()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                              dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
     return model.eval()
 
 
@@ -139,6 +175,7 @@ def hf_greedy(model: Any, ids: list[int], n_new: int) -> list[int]:
     import torch
 
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n_new, do_sample=False, eos_token_id=2,
-                             pad_token_id=2)
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]), max_new_tokens=n_new, do_sample=False, eos_token_id=2, pad_token_id=2
+        )
+    return out[0, len(ids) :].tolist()

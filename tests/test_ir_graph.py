@@ -10,12 +10,35 @@ from hypothesis import strategies as st
 
 from openlpu.errors import AssemblyError
 from openlpu.frontends.llama import LlamaConfig, Phase, build_decoder
-from openlpu.ir import SPECS, Graph, GraphBuilder, IRError, Node, Op, OpGroup, Value, make_node, parse_graph, print_graph
+from openlpu.ir import (
+    SPECS,
+    Graph,
+    GraphBuilder,
+    IRError,
+    Node,
+    Op,
+    OpGroup,
+    Value,
+    make_node,
+    parse_graph,
+    print_graph,
+)
 from openlpu.ir.interpret import RULES as INTERPRET_RULES
 from openlpu.ir.shapes import RULES as SHAPE_RULES
 
-TINY = LlamaConfig(n_layers=2, hidden_size=16, ffn_size=24, n_heads=4, n_kv_heads=2, head_dim=4, rope_base=10000.0,
-                   rms_eps=1e-5, vocab_size=32, context_length=64, tied_embeddings=False)
+TINY = LlamaConfig(
+    n_layers=2,
+    hidden_size=16,
+    ffn_size=24,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=4,
+    rope_base=10000.0,
+    rms_eps=1e-5,
+    vocab_size=32,
+    context_length=64,
+    tied_embeddings=False,
+)
 
 TINY_TEXT = """\
 graph tiny
@@ -40,7 +63,7 @@ def tiny_graph() -> Graph:
     return b.build(["z"])
 
 
-# ------------------------------------------------------------------------------------------------ records, tables
+# -------------------------------------------------------------------------------------------- records, tables
 
 
 def test_every_op_is_in_every_table() -> None:
@@ -70,14 +93,22 @@ def test_missing_attribute_names_the_node() -> None:
     assert str(err.value) == "node 'n' (scale) has no attribute 'factor'"
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda: Value("1x", (1,), "float32"), "value name '1x' is not an identifier"),
-    (lambda: Value("x", (-1,), "float32"), "value 'x': shape (-1,) must be a tuple of non-negative ints"),
-    (lambda: Value("x", [1], "float32"), "value 'x': shape [1] must be a tuple of non-negative ints"),
-    (lambda: Value("x", (1,), "float64"), "value 'x': dtype 'float64' is not one of float32, float16, bfloat16"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Value("1x", (1,), "float32"), "value name '1x' is not an identifier"),
+        (lambda: Value("x", (-1,), "float32"), "value 'x': shape (-1,) must be a tuple of non-negative ints"),
+        (lambda: Value("x", [1], "float32"), "value 'x': shape [1] must be a tuple of non-negative ints"),
+        (
+            lambda: Value("x", (1,), "float64"),
+            "value 'x': dtype 'float64' is not one of float32, float16, bfloat16",
+        ),
+    ],
+)
 def test_value_validation(make, message: str) -> None:
-    with pytest.raises(IRError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(
+        IRError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    ):
         make()
 
 
@@ -94,8 +125,10 @@ def test_builder_names_the_node_on_a_type_mismatch() -> None:
     b.param("w", (4, 5))
     with pytest.raises(IRError) as err:
         b.op(Op.MATMUL, "y", "x", "w")
-    assert str(err.value) == ("graph 'g', node 'y' (matmul): inner dimensions differ: x: float32[2, 3] @ "
-                              "(w: float32[4, 5])^T needs x's last axis == w's axis 1")
+    assert str(err.value) == (
+        "graph 'g', node 'y' (matmul): inner dimensions differ: x: float32[2, 3] @ "
+        "(w: float32[4, 5])^T needs x's last axis == w's axis 1"
+    )
     with pytest.raises(IRError, match="node 'y': input 'nope' is not defined yet"):
         b.op(Op.SILU, "y", "nope")
 
@@ -121,18 +154,38 @@ def test_llama_graphs_round_trip(phase: Phase) -> None:
 
 
 def test_every_attribute_kind_round_trips() -> None:
-    node = make_node("n", Op.SCALE, ["x"], (), "float32", {
-        "a_bool": True, "b_int": -7, "c_float": 9.999999747378752e-06, "d_str": 'say "hi"\n', "e_ints": (1, -2),
-        "f_empty": (), "g_big": 1.5e300, "h_neg": -0.0, "i_inf": float("-inf"), "j_int_like": 100000.0,
-    })
+    node = make_node(
+        "n",
+        Op.SCALE,
+        ["x"],
+        (),
+        "float32",
+        {
+            "a_bool": True,
+            "b_int": -7,
+            "c_float": 9.999999747378752e-06,
+            "d_str": 'say "hi"\n',
+            "e_ints": (1, -2),
+            "f_empty": (),
+            "g_big": 1.5e300,
+            "h_neg": -0.0,
+            "i_inf": float("-inf"),
+            "j_int_like": 100000.0,
+        },
+    )
     g = Graph("g", (Value("x", (), "float32"),), (), (node,), ("n",))
     assert parse_graph(print_graph(g)) == g
 
 
 @given(st.floats(allow_nan=False))
 def test_any_float_attribute_round_trips_exactly(x: float) -> None:
-    g = Graph("g", (Value("x", (2,), "float32"),), (),
-              (make_node("y", Op.SCALE, ["x"], (2,), "float32", {"factor": x}),), ("y",))
+    g = Graph(
+        "g",
+        (Value("x", (2,), "float32"),),
+        (),
+        (make_node("y", Op.SCALE, ["x"], (2,), "float32", {"factor": x}),),
+        ("y",),
+    )
     assert parse_graph(print_graph(g)) == g
 
 
@@ -155,28 +208,46 @@ def test_outputs_may_be_listed_on_one_line() -> None:
     assert g.outputs == ("a", "b")
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "<ir>:1:1: empty text: expected 'graph NAME'"),
-    ("input x: float32[1]\n", "<ir>:1:1: the text must start with 'graph NAME'"),
-    ("graph g\ngraph h\n", "<ir>:2:1: a second 'graph' header; one text holds one graph"),
-    ("graph g\ninput x float32[1]\n", "<ir>:2:9: expected ':', found 'float32'"),
-    ("graph g\ninput x: float64[1]\n", "<ir>:2:10: unknown dtype 'float64'; known: float32, float16, bfloat16, "
-                                       "int32"),
-    ("graph g\ninput x: float32[1.5]\n", "<ir>:2:18: expected an integer, found '1.5'"),
-    ("graph g\ny = frobnicate(x) : float32[1]\n", "<ir>:2:5: unknown op 'frobnicate'; known ops: "
-     + ", ".join(op.value for op in Op)),
-    ("graph g\ny = scale(x) {factor=1.0, factor=2.0} : float32[1]\n",
-     "<ir>:2:27: attribute 'factor' is given twice"),
-    ("graph g\ny = scale(x) {factor=@} : float32[1]\n", "<ir>:2:22: unexpected character '@'"),
-    ("graph g\ny = scale(x) {factor=} : float32[1]\n",
-     "<ir>:2:22: expected an attribute value (number, true/false, string or [ints]), found '}'"),
-    ("graph g\ny = silu(x) : float32[1] extra\n", "<ir>:2:26: unexpected 'extra' after the end of the declaration"),
-    ("graph g\nconst x: float32[1]\n", "<ir>:2:1: unknown declaration 'const'; expected graph, input, param, "
-                                       "output or 'name = op(...)'"),
-    ("graph g\n[x]\n", "<ir>:2:1: expected a declaration (graph, input, param, output or 'name = op(...)'), "
-                       "found '['"),
-    ("graph g\ny = silu(x,) : float32[1]\n", "<ir>:2:12: expected an input name, found ')'"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "<ir>:1:1: empty text: expected 'graph NAME'"),
+        ("input x: float32[1]\n", "<ir>:1:1: the text must start with 'graph NAME'"),
+        ("graph g\ngraph h\n", "<ir>:2:1: a second 'graph' header; one text holds one graph"),
+        ("graph g\ninput x float32[1]\n", "<ir>:2:9: expected ':', found 'float32'"),
+        (
+            "graph g\ninput x: float64[1]\n",
+            "<ir>:2:10: unknown dtype 'float64'; known: float32, float16, bfloat16, int32",
+        ),
+        ("graph g\ninput x: float32[1.5]\n", "<ir>:2:18: expected an integer, found '1.5'"),
+        (
+            "graph g\ny = frobnicate(x) : float32[1]\n",
+            "<ir>:2:5: unknown op 'frobnicate'; known ops: " + ", ".join(op.value for op in Op),
+        ),
+        (
+            "graph g\ny = scale(x) {factor=1.0, factor=2.0} : float32[1]\n",
+            "<ir>:2:27: attribute 'factor' is given twice",
+        ),
+        ("graph g\ny = scale(x) {factor=@} : float32[1]\n", "<ir>:2:22: unexpected character '@'"),
+        (
+            "graph g\ny = scale(x) {factor=} : float32[1]\n",
+            "<ir>:2:22: expected an attribute value (number, true/false, string or [ints]), found '}'",
+        ),
+        (
+            "graph g\ny = silu(x) : float32[1] extra\n",
+            "<ir>:2:26: unexpected 'extra' after the end of the declaration",
+        ),
+        (
+            "graph g\nconst x: float32[1]\n",
+            "<ir>:2:1: unknown declaration 'const'; expected graph, input, param, output or 'name = op(...)'",
+        ),
+        (
+            "graph g\n[x]\n",
+            "<ir>:2:1: expected a declaration (graph, input, param, output or 'name = op(...)'), found '['",
+        ),
+        ("graph g\ny = silu(x,) : float32[1]\n", "<ir>:2:12: expected an input name, found ')'"),
+    ],
+)
 def test_parse_errors_name_line_and_column(text: str, message: str) -> None:
     with pytest.raises(AssemblyError) as err:
         parse_graph(text)

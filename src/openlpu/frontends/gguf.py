@@ -2,12 +2,12 @@
 
 Conventions worth knowing:
 
-* The `gguf` reader reports shapes in ggml order (ne0, the contiguous axis, first); dequantized arrays come out
-  row-major as [out, in], which is the IR's weight layout (``matmul`` computes x @ W^T).
+* The `gguf` reader reports shapes in ggml order (ne0, the contiguous axis, first); dequantized arrays come
+  out row-major as [out, in], which is the IR's weight layout (``matmul`` computes x @ W^T).
 * llama.cpp's converter stores each Q and K head's rows interleaved, so that its RoPE rotates adjacent pairs
-  (2i, 2i+1). We undo that permutation on load -- as transformers does when it loads GGUF -- so each head's rows
-  are in half-split order and the IR's ``rope`` rotates (i, i + Dh/2), as transformers' ``rotate_half`` does.
-  Scores q.k are unchanged (both sides are permuted alike) and the K cache matches transformers' exactly.
+  (2i, 2i+1). We undo that permutation on load -- as transformers does when it loads GGUF -- so each head's
+  rows are in half-split order and the IR's ``rope`` rotates (i, i + Dh/2), as transformers' ``rotate_half``
+  does. Scores q.k are unchanged (both sides are permuted alike); the K cache matches transformers' exactly.
 * Files without ``output.weight`` tie the output layer to ``token_embd.weight``.
 """
 
@@ -64,12 +64,16 @@ def open_gguf(path: str | Path | None = None) -> Any:
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
-        raise UserError(f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r}); "
-                        "convert the model with llama.cpp's convert_hf_to_gguf.py or pass a .gguf file")
+        raise UserError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r}); "
+            "convert the model with llama.cpp's convert_hf_to_gguf.py or pass a .gguf file"
+        )
     try:
         return gguf.GGUFReader(path)
     except (ValueError, OSError) as err:
-        raise UserError(f"{path}: cannot read it as GGUF ({err}); the file may be truncated or corrupt") from None
+        raise UserError(
+            f"{path}: cannot read it as GGUF ({err}); the file may be truncated or corrupt"
+        ) from None
 
 
 def metadata(reader: Any, key: str, default: Any = _REQUIRED) -> Any:
@@ -89,8 +93,10 @@ def architecture(reader: Any) -> str:
     """``general.architecture``, checked against `SUPPORTED_ARCHITECTURES`."""
     arch = metadata(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise UserError(f"{reader.data.filename}: unsupported architecture {arch!r} (general.architecture); "
-                        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        raise UserError(
+            f"{reader.data.filename}: unsupported architecture {arch!r} (general.architecture); "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
     return arch
 
 
@@ -104,13 +110,17 @@ def read_config(reader: Any) -> LlamaConfig:
     rotary = int(metadata(reader, f"{arch}.rope.dimension_count", head_dim))
     scaling = metadata(reader, f"{arch}.rope.scaling.type", "none")
     if rotary != head_dim or scaling != "none":
-        raise UserError(f"{reader.data.filename}: RoPE over {rotary} of {head_dim} head dims with scaling "
-                        f"{scaling!r} is not supported; only full-head, unscaled RoPE is")
+        raise UserError(
+            f"{reader.data.filename}: RoPE over {rotary} of {head_dim} head dims with scaling "
+            f"{scaling!r} is not supported; only full-head, unscaled RoPE is"
+        )
     vocab = metadata(reader, f"{arch}.vocab_size", None)
     if vocab is None and "token_embd.weight" in tensors:
         vocab = tensors["token_embd.weight"].shape[-1]  # ggml order: [dim, vocab]
     if vocab is None:
-        raise UserError(f"{reader.data.filename}: neither {arch}.vocab_size nor token_embd.weight gives the vocab size")
+        raise UserError(
+            f"{reader.data.filename}: neither {arch}.vocab_size nor token_embd.weight gives the vocab size"
+        )
     return LlamaConfig(
         n_layers=int(metadata(reader, f"{arch}.block_count")),
         hidden_size=hidden,
@@ -142,8 +152,10 @@ def _dequantize(tensor: Any, path: str) -> np.ndarray:
     try:
         array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     except NotImplementedError:
-        raise UserError(f"{path}: tensor {tensor.name!r} is stored as {tensor.tensor_type.name}, which the gguf "
-                        "package cannot dequantize; re-quantize the model to Q8_0, Q4_0/1 or F16") from None
+        raise UserError(
+            f"{path}: tensor {tensor.name!r} is stored as {tensor.tensor_type.name}, which the gguf "
+            "package cannot dequantize; re-quantize the model to Q8_0, Q4_0/1 or F16"
+        ) from None
     want = tuple(int(d) for d in reversed(tensor.shape))
     return np.asarray(array, dtype=np.float32).reshape(want)
 
@@ -155,37 +167,47 @@ def load_weights(reader: Any, cfg: LlamaConfig) -> tuple[dict[str, np.ndarray], 
     tensors = {t.name: t for t in reader.tensors if t.name in wanted}
     missing = [name for name in wanted if name not in tensors]
     if missing:
-        raise UserError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} of {len(wanted)} the llama "
-                        "decoder needs); the file is incomplete or not a llama model")
+        raise UserError(
+            f"{path}: tensor {missing[0]!r} is missing ({len(missing)} of {len(wanted)} the llama "
+            "decoder needs); the file is incomplete or not a llama model"
+        )
     weights: dict[str, np.ndarray] = {}
     for name, shape in wanted.items():
         w = _dequantize(tensors[name], path)
         if w.shape != shape:
-            raise UserError(f"{path}: tensor {name!r} has shape {list(w.shape)}, the metadata implies {list(shape)}")
+            raise UserError(
+                f"{path}: tensor {name!r} has shape {list(w.shape)}, the metadata implies {list(shape)}"
+            )
         if name.endswith((".attn_q.weight", ".attn_k.weight")):
             w = unpermute_rope_rows(w, cfg.n_heads if ".attn_q." in name else cfg.n_kv_heads)
         weights[name] = w
     return weights, {name: t.tensor_type.name for name, t in tensors.items()}
 
 
-def load_gguf(path: str | Path | None = None, *, n_layers: int | None = None) -> GGUFModel:
+def load_gguf(
+    path: str | Path | None = None, *, n_layers: int | None = None, reader: Any = None
+) -> GGUFModel:
     """Load a llama GGUF file (default: the embedded SmolLM2-135M-Instruct), keeping only the first `n_layers`
     blocks if given (for fast tests). Weights are dequantized to float32 (about 540 MB for the whole
-    135M-parameter model, ~3 s on 2 cores)."""
-    reader = open_gguf(path)
+    135M-parameter model, ~3 s on 2 cores). Pass an open `gguf.GGUFReader` as `reader` to skip re-reading the
+    metadata (~5 s for SmolLM2's 49k-token vocabulary)."""
+    reader = reader if reader is not None else open_gguf(path)
     cfg = read_config(reader)
     file_layers = cfg.n_layers
     if n_layers is not None:
         if not 1 <= n_layers <= file_layers:
-            raise UserError(f"n_layers={n_layers}: the model has {file_layers} blocks; ask for 1 to {file_layers}")
+            raise UserError(
+                f"n_layers={n_layers}: the model has {file_layers} blocks; ask for 1 to {file_layers}"
+            )
         cfg = replace(cfg, n_layers=n_layers)
     weights, types = load_weights(reader, cfg)
     name = str(metadata(reader, "general.name", Path(reader.data.filename).stem))
     return GGUFModel(Path(reader.data.filename), architecture(reader), name, cfg, file_layers, weights, types)
 
 
-def build_graph(model: GGUFModel | LlamaConfig, phase: Phase | str, *, tokens: int = 1,
-                context: int | None = None) -> Graph:
+def build_graph(
+    model: GGUFModel | LlamaConfig, phase: Phase | str, *, tokens: int = 1, context: int | None = None
+) -> Graph:
     """The decoder `Graph` for `phase` (``prefill`` of `tokens` prompt tokens at positions 0..tokens-1, or
     ``decode`` of one token against a KV cache of `context` slots, default the model's context length)."""
     cfg = model.config if isinstance(model, GGUFModel) else model

@@ -1,8 +1,9 @@
 """The llama decoder as a tensor-IR `Graph`, for one phase: prefill or decode.
 
-Layouts (row-major, sizes in elements): the residual stream is [T, D] for T tokens; attention works head-major,
-queries as [G, R*T, Dh] where G = KV heads and R = heads per KV head (grouped-query attention without copying K/V:
-query head h = g*R + r reads KV head g, as in transformers' ``repeat_kv``); K/V are [G, S, Dh].
+Layouts (row-major, sizes in elements): the residual stream is [T, D] for T tokens; attention works
+head-major, queries as [G, R*T, Dh] where G = KV heads and R = heads per KV head (grouped-query attention
+without copying K/V: query head h = g*R + r reads KV head g, as in transformers' ``repeat_kv``); K/V are
+[G, S, Dh].
 
 Graph interface (names are the contract with runners and the compiler):
 
@@ -49,13 +50,23 @@ class LlamaConfig:
     tied_embeddings: bool
 
     def __post_init__(self) -> None:
-        sizes = ("n_layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
-                 "context_length")
+        sizes = (
+            "n_layers",
+            "hidden_size",
+            "ffn_size",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "vocab_size",
+            "context_length",
+        )
         for field in sizes:
             if getattr(self, field) <= 0:
                 raise UserError(f"llama config: {field}={getattr(self, field)} must be positive")
         if self.n_heads % self.n_kv_heads:
-            raise UserError(f"llama config: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+            raise UserError(
+                f"llama config: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
         if self.head_dim % 2:
             raise UserError(f"llama config: head_dim={self.head_dim} must be even for RoPE")
 
@@ -66,23 +77,33 @@ class LlamaConfig:
 
 
 def param_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Every weight the graph reads, by GGUF name, with its [out, in] (or [dim]) shape, in declaration order."""
+    """Every weight the graph reads, by GGUF name, with its [out, in] (or [dim]) shape, in graph order."""
     d, q, kv, f = cfg.hidden_size, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_size
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (cfg.vocab_size, d)}
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
-        shapes.update({
-            p + "attn_norm.weight": (d,), p + "attn_q.weight": (q, d), p + "attn_k.weight": (kv, d),
-            p + "attn_v.weight": (kv, d), p + "attn_output.weight": (d, q), p + "ffn_norm.weight": (d,),
-            p + "ffn_gate.weight": (f, d), p + "ffn_up.weight": (f, d), p + "ffn_down.weight": (d, f),
-        })
+        shapes.update(
+            {
+                p + "attn_norm.weight": (d,),
+                p + "attn_q.weight": (q, d),
+                p + "attn_k.weight": (kv, d),
+                p + "attn_v.weight": (kv, d),
+                p + "attn_output.weight": (d, q),
+                p + "ffn_norm.weight": (d,),
+                p + "ffn_gate.weight": (f, d),
+                p + "ffn_up.weight": (f, d),
+                p + "ffn_down.weight": (d, f),
+            }
+        )
     shapes["output_norm.weight"] = (d,)
     if not cfg.tied_embeddings:
         shapes["output.weight"] = (cfg.vocab_size, d)
     return shapes
 
 
-def _heads(b: GraphBuilder, cfg: LlamaConfig, out: str, weight: str, h: str, heads: int, t: int, rope: bool) -> str:
+def _heads(
+    b: GraphBuilder, cfg: LlamaConfig, out: str, weight: str, h: str, heads: int, t: int, rope: bool
+) -> str:
     """``out`` = `h` [T, D] projected by `weight` into head-major [heads, T, Dh], RoPE applied if `rope`."""
     x = b.op(Op.MATMUL, f"{out}_proj", h, weight)
     x = b.op(Op.RESHAPE, f"{out}_split", x, shape=(t, heads, cfg.head_dim))
@@ -107,7 +128,7 @@ def _attention(b: GraphBuilder, cfg: LlamaConfig, i: int, h: str, t: int, contex
     s = context if context is not None else t
     q = b.op(Op.RESHAPE, p + "q_groups", q, shape=(g, r * t, dh))
     x = b.op(Op.BATCH_MATMUL, p + "scores", q, keys, transpose_b=True)
-    x = b.op(Op.SCALE, p + "scores_scaled", x, factor=dh ** -0.5)
+    x = b.op(Op.SCALE, p + "scores_scaled", x, factor=dh**-0.5)
     x = b.op(Op.RESHAPE, p + "scores_heads", x, shape=(cfg.n_heads, t, s))
     x = b.op(Op.CAUSAL_MASK, p + "scores_masked", x, "positions")
     x = b.op(Op.SOFTMAX, p + "probs", x)
@@ -152,7 +173,9 @@ def build_decoder(cfg: LlamaConfig, phase: Phase, *, tokens: int = 1, context: i
     else:
         context = None
     _check_sizes(cfg, phase, tokens, context)
-    b = GraphBuilder(f"llama_l{cfg.n_layers}_{phase.value}_" + (f"t{tokens}" if context is None else f"c{context}"))
+    b = GraphBuilder(
+        f"llama_l{cfg.n_layers}_{phase.value}_" + (f"t{tokens}" if context is None else f"c{context}")
+    )
     b.input("tokens", (tokens,), "int32")
     b.input("positions", (tokens,), "int32")
     cache_shape = (cfg.n_kv_heads, context or 0, cfg.head_dim)

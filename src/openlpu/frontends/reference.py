@@ -37,13 +37,15 @@ def empty_cache(model: GGUFModel, context: int) -> KVCache:
 
 
 def prefill(model: GGUFModel, token_ids: Sequence[int], *, context: int, graph: Graph | None = None) -> Step:
-    """Run the prefill graph on `token_ids` (positions 0..P-1) and place its K/V into a cache of `context` slots.
+    """Run the prefill graph on `token_ids` (positions 0..P-1); put its K/V into a cache of `context` slots.
 
     `graph` may be passed to reuse one built for exactly ``len(token_ids)`` tokens.
     """
     n = len(token_ids)
     if not 1 <= n <= context:
-        raise UserError(f"prompt of {n} tokens does not fit a context of {context}; shorten it or raise context")
+        raise UserError(
+            f"prompt of {n} tokens does not fit a context of {context}; shorten it or raise context"
+        )
     graph = graph or model.graph(Phase.PREFILL, tokens=n)
     ids = np.asarray(token_ids, np.int32)
     out = interpret(graph, {"tokens": ids, "positions": np.arange(n, dtype=np.int32)}, model.weights)
@@ -55,7 +57,7 @@ def prefill(model: GGUFModel, token_ids: Sequence[int], *, context: int, graph: 
 
 
 def decode(model: GGUFModel, graph: Graph, token_id: int, position: int, cache: KVCache) -> Step:
-    """One decode step: `token_id` at `position`, reading and extending `cache` (returned updated, not mutated)."""
+    """One decode step: `token_id` at `position`, reading `cache` and returning it extended (not mutated)."""
     inputs: dict[str, np.ndarray] = {
         "tokens": np.array([token_id], np.int32),
         "positions": np.array([position], np.int32),
@@ -67,13 +69,21 @@ def decode(model: GGUFModel, graph: Graph, token_id: int, position: int, cache: 
     return Step(out["logits"][0], new)
 
 
-def greedy_generate(model: GGUFModel, prompt_ids: Sequence[int], max_new_tokens: int, *,
-                    context: int | None = None, stop_ids: Sequence[int] = ()) -> list[int]:
-    """Greedy (argmax) generation: prefill the prompt, then decode up to `max_new_tokens` tokens, stopping after
-    a token in `stop_ids`. `context` (default: prompt + new tokens) sizes the compiled KV cache."""
+def greedy_generate(
+    model: GGUFModel,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    *,
+    context: int | None = None,
+    stop_ids: Sequence[int] = (),
+) -> list[int]:
+    """Greedy (argmax) generation: prefill the prompt, then decode up to `max_new_tokens` tokens, stopping
+    after a token in `stop_ids`. `context` (default: prompt + new tokens) sizes the compiled KV cache."""
     context = context or len(prompt_ids) + max_new_tokens
     if len(prompt_ids) + max_new_tokens > context:
-        raise UserError(f"{len(prompt_ids)} prompt + {max_new_tokens} new tokens exceed the context of {context}")
+        raise UserError(
+            f"{len(prompt_ids)} prompt + {max_new_tokens} new tokens exceed the context of {context}"
+        )
     step = prefill(model, prompt_ids, context=context)
     graph = model.graph(Phase.DECODE, context=context)
     out: list[int] = []

@@ -43,7 +43,7 @@ class GraphBuilder:
         return self._types[name]
 
     def op(self, op: Op, name: str, *inputs: str, **attrs: AttrValue) -> str:
-        """Append ``name = op(inputs) {attrs}``, its type inferred; raises `IRError` naming `name` on a mismatch."""
+        """Append ``name = op(inputs) {attrs}``, type inferred; raises `IRError` naming `name` if it fails."""
         missing = [i for i in inputs if i not in self._types]
         if missing:
             raise IRError(f"graph {self.name!r}, node {name!r}: input {missing[0]!r} is not defined yet")
@@ -57,4 +57,6 @@ class GraphBuilder:
 
     def build(self, outputs: list[str] | tuple[str, ...]) -> Graph:
         """The finished graph with the given outputs, verified."""
-        return verify(Graph(self.name, tuple(self._inputs), tuple(self._params), tuple(self._nodes), tuple(outputs)))
+        return verify(
+            Graph(self.name, tuple(self._inputs), tuple(self._params), tuple(self._nodes), tuple(outputs))
+        )

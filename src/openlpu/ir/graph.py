@@ -1,12 +1,12 @@
 """The tensor IR: immutable values, nodes and graphs.
 
-A `Graph` is a pure, statically shaped dataflow program: named graph inputs (activations: token ids, positions,
-KV caches), named parameters (weights, declared by shape and dtype only) and nodes in topological order. Weight
-*data* never lives in the graph; it is a separate ``dict[str, numpy.ndarray]`` keyed by parameter name, so graphs
-stay small, hashable and printable.
+A `Graph` is a pure, statically shaped dataflow program: named graph inputs (activations: token ids,
+positions, KV caches), named parameters (weights, declared by shape and dtype only) and nodes in topological
+order. Weight *data* never lives in the graph; it is a separate ``dict[str, numpy.ndarray]`` keyed by
+parameter name, so graphs stay small, hashable and printable.
 
-Every op is a member of the closed `Op` enum. `SPECS` declares each op's arity, attributes and group as data; the
-shape rules (`openlpu.ir.shapes`), the verifier and the interpreter are tables keyed by the same enum.
+Every op is a member of the closed `Op` enum. `SPECS` declares each op's arity, attributes and group as data;
+the shape rules (`openlpu.ir.shapes`), the verifier and the interpreter are tables keyed by the same enum.
 
 Nodes are frozen; change one with `dataclasses.replace`, and a pass returns a new `Graph`.
 """
@@ -60,8 +60,12 @@ class Op(enum.Enum):
     RMSNORM = "rmsnorm"  # (x[*S, D], w[D]) -> x / sqrt(mean(x^2) + eps) * w
     SOFTMAX = "softmax"  # (x) -> softmax over the last axis
     ROPE = "rope"  # (x[T, H, Dh], positions[T] int) -> rotary embedding, half-split (rotate_half) pairing
-    CAUSAL_MASK = "causal_mask"  # (s[B, T, S], positions[T] int) -> s with s[b, t, j] = -inf where j > positions[t]
-    KV_CACHE_WRITE = "kv_cache_write"  # (cache[G, C, Dh], new[G, T, Dh], positions[T]) -> cache with rows written
+    CAUSAL_MASK = (
+        "causal_mask"  # (s[B, T, S], positions[T] int) -> s with s[b, t, j] = -inf where j > positions[t]
+    )
+    KV_CACHE_WRITE = (
+        "kv_cache_write"  # (cache[G, C, Dh], new[G, T, Dh], positions[T]) -> cache with rows written
+    )
     RESHAPE = "reshape"  # (x) -> x viewed as attr shape (row-major, same element count)
     TRANSPOSE = "transpose"  # (x) -> axes permuted by attr perm
     SLICE = "slice"  # (x) -> x[start:stop] along attr axis
@@ -97,7 +101,9 @@ SPECS: dict[Op, OpSpec] = {
 
 def _check_name(name: str, what: str) -> None:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise IRError(f"{what} name {name!r} is not an identifier (letters, digits, '_' and '.', not first digit)")
+        raise IRError(
+            f"{what} name {name!r} is not an identifier (letters, digits, '_' and '.', not first digit)"
+        )
 
 
 def _check_type(name: str, shape: tuple[int, ...], dtype: str) -> None:
@@ -113,7 +119,9 @@ def _check_attr_value(node: str, key: str, value: object) -> None:
             return
     elif type(value) in (bool, int, float, str):
         return
-    raise IRError(f"node {node!r}: attribute {key}={value!r} must be a bool, int, float, str or tuple of ints")
+    raise IRError(
+        f"node {node!r}: attribute {key}={value!r} must be a bool, int, float, str or tuple of ints"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +144,8 @@ class Value:
 class Node:
     """One operation: ``name = op(inputs) {attrs} : dtype[shape]``.
 
-    `inputs` are names of graph inputs, parameters or earlier nodes. `attrs` are (key, value) pairs sorted by key
-    with unique keys, so that two nodes meaning the same thing compare equal; build them with `make_node`.
+    `inputs` are names of graph inputs, parameters or earlier nodes. `attrs` are (key, value) pairs sorted by
+    key with unique keys, so that two nodes meaning the same thing compare equal; build them with `make_node`.
     `shape` and `dtype` describe the node's result.
     """
 
@@ -156,7 +164,9 @@ class Node:
             _check_name(name, f"node {self.name!r} input")
         keys = [k for k, _ in self.attrs]
         if keys != sorted(set(keys)):
-            raise IRError(f"node {self.name!r}: attribute keys {keys} must be unique and sorted (use make_node)")
+            raise IRError(
+                f"node {self.name!r}: attribute keys {keys} must be unique and sorted (use make_node)"
+            )
         for key, value in self.attrs:
             _check_attr_value(self.name, key, value)
         _check_type(self.name, self.shape, self.dtype)

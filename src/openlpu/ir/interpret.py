@@ -1,8 +1,8 @@
 """The reference interpreter of the tensor IR: the functional spec, in NumPy.
 
-`RULES` holds one rule per `Op`: ``rule(node, args) -> numpy.ndarray``. Floats compute in float32 unless asked
-otherwise; int32 stays int32. Every failure (a missing input, an index out of range, a result of the wrong shape)
-raises `IRError` naming the node. The rules are meant to be obvious rather than fast.
+`RULES` holds one rule per `Op`: ``rule(node, args) -> numpy.ndarray``. Floats compute in float32 unless
+asked otherwise; int32 stays int32. Every failure (a missing input, an index out of range, a result of the
+wrong shape) raises `IRError` naming the node. The rules are meant to be obvious rather than fast.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def _scale(node: Node, args: Sequence[np.ndarray]) -> np.ndarray:
 
 def _silu(node: Node, args: Sequence[np.ndarray]) -> np.ndarray:
     (x,) = args
-    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x << 0, giving x / inf = -0, the right limit
+    with np.errstate(
+        over="ignore"
+    ):  # exp(-x) overflows to inf for x << 0, giving x / inf = -0, the right limit
         return x / (1 + np.exp(-x))
 
 
@@ -93,8 +95,9 @@ def _kv_cache_write(node: Node, args: Sequence[np.ndarray]) -> np.ndarray:
     slots = cache.shape[1]
     bad = positions[(positions < 0) | (positions >= slots)]
     if bad.size:
-        raise _RuleError(f"position {int(bad[0])} is outside the KV cache of {slots} slots "
-                         "(compile with a longer context)")
+        raise _RuleError(
+            f"position {int(bad[0])} is outside the KV cache of {slots} slots (compile with a longer context)"
+        )
     if len(set(positions.tolist())) != len(positions):
         raise _RuleError(f"positions {positions.tolist()} write a cache slot twice")
     out = cache.copy()
@@ -139,7 +142,9 @@ def _bind(kind: str, decl: Value, array: object, float_dtype: np.dtype) -> np.nd
     """`array` checked against its declaration and converted to the compute dtype."""
     a = np.asarray(array)
     if a.shape != decl.shape:
-        raise IRError(f"{kind} {decl.name!r}: got shape {list(a.shape)}, the graph declares {list(decl.shape)}")
+        raise IRError(
+            f"{kind} {decl.name!r}: got shape {list(a.shape)}, the graph declares {list(decl.shape)}"
+        )
     if decl.dtype in FLOAT_DTYPES:
         if a.dtype.kind != "f":
             raise IRError(f"{kind} {decl.name!r}: got {a.dtype} data, the graph declares {decl.dtype}")
@@ -149,12 +154,15 @@ def _bind(kind: str, decl: Value, array: object, float_dtype: np.dtype) -> np.nd
     return a.astype(np.int32, copy=False)
 
 
-def _environment(graph: Graph, inputs: Mapping[str, object], params: Mapping[str, object],
-                 float_dtype: np.dtype) -> dict[str, np.ndarray]:
+def _environment(
+    graph: Graph, inputs: Mapping[str, object], params: Mapping[str, object], float_dtype: np.dtype
+) -> dict[str, np.ndarray]:
     unknown = sorted(set(inputs) - {v.name for v in graph.inputs})
     if unknown:
-        raise IRError(f"graph {graph.name!r} has no input {unknown[0]!r}; its inputs are "
-                      f"{[v.name for v in graph.inputs]}")
+        raise IRError(
+            f"graph {graph.name!r} has no input {unknown[0]!r}; its inputs are "
+            f"{[v.name for v in graph.inputs]}"
+        )
     env: dict[str, np.ndarray] = {}
     for kind, decls, given in (("input", graph.inputs, inputs), ("param", graph.params, params)):
         for decl in decls:
@@ -185,13 +193,21 @@ def _run_node(node: Node, env: dict[str, np.ndarray], float_dtype: np.dtype) -> 
         raise IRError(f"node {node.name!r} ({node.op.value}): {err}") from None
     want = float_dtype if node.dtype in FLOAT_DTYPES else np.dtype(np.int32)
     if result.shape != node.shape or result.dtype != want:
-        raise IRError(f"node {node.name!r} ({node.op.value}): rule gave {result.dtype}{list(result.shape)}, "
-                      f"the node declares {node.dtype}{list(node.shape)} (a bug in the rule or the type rule)")
+        raise IRError(
+            f"node {node.name!r} ({node.op.value}): rule gave {result.dtype}{list(result.shape)}, "
+            f"the node declares {node.dtype}{list(node.shape)} (a bug in the rule or the type rule)"
+        )
     return result
 
 
-def interpret(graph: Graph, inputs: Mapping[str, object], params: Mapping[str, object], *,
-              float_dtype: type | np.dtype = np.float32, keep_all: bool = False) -> dict[str, np.ndarray]:
+def interpret(
+    graph: Graph,
+    inputs: Mapping[str, object],
+    params: Mapping[str, object],
+    *,
+    float_dtype: type | np.dtype = np.float32,
+    keep_all: bool = False,
+) -> dict[str, np.ndarray]:
     """Run `graph` and return its outputs by name.
 
     `inputs` must give every graph input (no others); `params` must give every parameter and may hold more

@@ -55,8 +55,10 @@ def _matmul(ins: Sequence[Value], _: Mapping[str, AttrValue]) -> Type:
     x, w = ins
     _float(x)
     _rank(w, 2, "[out, in]")
-    _need(len(x.shape) >= 1 and x.shape[-1] == w.shape[1],
-          f"inner dimensions differ: {_desc(x)} @ ({_desc(w)})^T needs x's last axis == w's axis 1")
+    _need(
+        len(x.shape) >= 1 and x.shape[-1] == w.shape[1],
+        f"inner dimensions differ: {_desc(x)} @ ({_desc(w)})^T needs x's last axis == w's axis 1",
+    )
     _need(w.dtype == x.dtype, f"dtypes differ: {_desc(x)} and {_desc(w)}")
     return (*x.shape[:-1], w.shape[0]), x.dtype
 
@@ -69,8 +71,10 @@ def _batch_matmul(ins: Sequence[Value], attrs: Mapping[str, AttrValue]) -> Type:
     _need(a.dtype == b.dtype, f"dtypes differ: {_desc(a)} and {_desc(b)}")
     _need(a.shape[0] == b.shape[0], f"batch sizes differ: {_desc(a)} and {_desc(b)}")
     k_axis, n_axis = (2, 1) if attrs["transpose_b"] else (1, 2)
-    _need(a.shape[2] == b.shape[k_axis], f"inner dimensions differ: {_desc(a)} and {_desc(b)} "
-                                         f"(transpose_b={attrs['transpose_b']})")
+    _need(
+        a.shape[2] == b.shape[k_axis],
+        f"inner dimensions differ: {_desc(a)} and {_desc(b)} (transpose_b={attrs['transpose_b']})",
+    )
     return (a.shape[0], a.shape[1], b.shape[n_axis]), a.dtype
 
 
@@ -91,7 +95,10 @@ def _rmsnorm(ins: Sequence[Value], attrs: Mapping[str, AttrValue]) -> Type:
     x, w = ins
     _float(x)
     _rank(w, 1, "[dim]")
-    _need(len(x.shape) >= 1 and x.shape[-1] == w.shape[0], f"weight {_desc(w)} does not match last axis of {_desc(x)}")
+    _need(
+        len(x.shape) >= 1 and x.shape[-1] == w.shape[0],
+        f"weight {_desc(w)} does not match last axis of {_desc(x)}",
+    )
     _need(float(attrs["eps"]) > 0, f"eps={attrs['eps']} must be positive")
     return x.shape, x.dtype
 
@@ -103,8 +110,10 @@ def _rope(ins: Sequence[Value], attrs: Mapping[str, AttrValue]) -> Type:
     _rank(x, 3, "[tokens, heads, head_dim]")
     _need(pos.shape == (x.shape[0],), f"positions {_desc(pos)} must be [tokens] = [{x.shape[0]}]")
     head_dim = attrs["head_dim"]
-    _need(x.shape[2] == head_dim and head_dim % 2 == 0,
-          f"head_dim={head_dim} must be even and equal the last axis of {_desc(x)}")
+    _need(
+        x.shape[2] == head_dim and head_dim % 2 == 0,
+        f"head_dim={head_dim} must be even and equal the last axis of {_desc(x)}",
+    )
     _need(float(attrs["base"]) > 0, f"base={attrs['base']} must be positive")
     return x.shape, x.dtype
 
@@ -124,10 +133,15 @@ def _kv_cache_write(ins: Sequence[Value], _: Mapping[str, AttrValue]) -> Type:
     _rank(new, 3, "[kv_heads, tokens, head_dim]")
     _int(pos)
     _need(cache.dtype == new.dtype, f"dtypes differ: {_desc(cache)} and {_desc(new)}")
-    _need((cache.shape[0], cache.shape[2]) == (new.shape[0], new.shape[2]),
-          f"heads or head_dim differ: cache {_desc(cache)} and new rows {_desc(new)}")
+    _need(
+        (cache.shape[0], cache.shape[2]) == (new.shape[0], new.shape[2]),
+        f"heads or head_dim differ: cache {_desc(cache)} and new rows {_desc(new)}",
+    )
     _need(pos.shape == (new.shape[1],), f"positions {_desc(pos)} must be [tokens] = [{new.shape[1]}]")
-    _need(new.shape[1] <= cache.shape[1], f"{new.shape[1]} new rows do not fit a cache of {cache.shape[1]} slots")
+    _need(
+        new.shape[1] <= cache.shape[1],
+        f"{new.shape[1]} new rows do not fit a cache of {cache.shape[1]} slots",
+    )
     return cache.shape, cache.dtype
 
 
@@ -135,15 +149,20 @@ def _reshape(ins: Sequence[Value], attrs: Mapping[str, AttrValue]) -> Type:
     (x,) = ins
     shape = attrs["shape"]
     _need(all(d >= 0 for d in shape), f"shape={shape} has a negative dimension")
-    _need(math.prod(shape) == math.prod(x.shape),
-          f"cannot reshape {_desc(x)} ({math.prod(x.shape)} elements) to {list(shape)} ({math.prod(shape)})")
+    _need(
+        math.prod(shape) == math.prod(x.shape),
+        f"cannot reshape {_desc(x)} ({math.prod(x.shape)} elements) to {list(shape)} ({math.prod(shape)})",
+    )
     return tuple(shape), x.dtype
 
 
 def _transpose(ins: Sequence[Value], attrs: Mapping[str, AttrValue]) -> Type:
     (x,) = ins
     perm = attrs["perm"]
-    _need(sorted(perm) == list(range(len(x.shape))), f"perm={list(perm)} is not a permutation of {_desc(x)}'s axes")
+    _need(
+        sorted(perm) == list(range(len(x.shape))),
+        f"perm={list(perm)} is not a permutation of {_desc(x)}'s axes",
+    )
     return tuple(x.shape[p] for p in perm), x.dtype
 
 
@@ -181,8 +200,10 @@ def check_attrs(op: Op, attrs: Mapping[str, AttrValue]) -> None:
     """
     spec = SPECS[op]
     declared = dict(spec.attrs)
-    _need(set(attrs) == set(declared),
-          f"{op.value} takes attributes {sorted(declared) or 'none'}, got {sorted(attrs) or 'none'}")
+    _need(
+        set(attrs) == set(declared),
+        f"{op.value} takes attributes {sorted(declared) or 'none'}, got {sorted(attrs) or 'none'}",
+    )
     for key, want in declared.items():
         value = attrs[key]
         ok = type(value) is want or (want is float and type(value) is int)

@@ -10,8 +10,8 @@ One declaration per line; ``#`` starts a comment; blank lines and indentation ar
     output y
 
 Attribute values are ints (``64``), floats written as Python's shortest round-tripping repr (``100000.0``,
-``1e-05``), ``true``/``false``, JSON strings and int lists (``[1, 0, 2]``). Attributes may be written in any order;
-they are kept sorted by key. Parse errors raise `AssemblyError` with the 1-based line and column.
+``1e-05``), ``true``/``false``, JSON strings and int lists (``[1, 0, 2]``). Attributes may be written in any
+order; they are kept sorted by key. Parse errors raise `AssemblyError` with the 1-based line and column.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _INT = re.compile(r"-?\d+\Z")
 _WORDS: dict[str, AttrValue] = {"true": True, "false": False, "inf": float("inf"), "nan": float("nan")}
 
 
-# ---------------------------------------------------------------------------------------------------- printing
+# --------------------------------------------------------------------------------------------------- printing
 
 
 def _format_attr(value: AttrValue) -> str:
@@ -60,7 +60,8 @@ def format_node(node: Node) -> str:
     attrs = ""
     if node.attrs:
         attrs = " {" + ", ".join(f"{k}={_format_attr(v)}" for k, v in node.attrs) + "}"
-    return f"{node.name} = {node.op.value}({', '.join(node.inputs)}){attrs} : {_format_type(node.shape, node.dtype)}"
+    result = _format_type(node.shape, node.dtype)
+    return f"{node.name} = {node.op.value}({', '.join(node.inputs)}){attrs} : {result}"
 
 
 def print_graph(graph: Graph) -> str:
@@ -73,7 +74,7 @@ def print_graph(graph: Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------------- parsing
+# ---------------------------------------------------------------------------------------------------- parsing
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +97,12 @@ class _Line:
         while i < len(text):
             m = _TOKEN.match(text, i)
             if m is None:
-                raise AssemblyError(f"unexpected character {text[i]!r}", source=self.source, line=self.line,
-                                    column=i + 1)
-            if m.lastgroup not in ("ws", "comment"):
-                toks.append(_Tok(m.lastgroup, m.group(), i + 1))
+                raise AssemblyError(
+                    f"unexpected character {text[i]!r}", source=self.source, line=self.line, column=i + 1
+                )
+            kind = m.lastgroup or "ws"  # every alternative is a named group
+            if kind not in ("ws", "comment"):
+                toks.append(_Tok(kind, m.group(), i + 1))
             i = m.end()
         toks.append(_Tok("end", "end of line", len(text) + 1))
         return toks
@@ -166,8 +169,9 @@ class _Line:
             return json.loads(tok.text)
         if tok.kind == "name" and tok.text in _WORDS:
             return _WORDS[tok.text]
-        raise self.error(f"expected an attribute value (number, true/false, string or [ints]), found {tok.text!r}",
-                         tok)
+        raise self.error(
+            f"expected an attribute value (number, true/false, string or [ints]), found {tok.text!r}", tok
+        )
 
 
 def _parse_attrs(ln: _Line) -> tuple[tuple[str, AttrValue], ...]:
@@ -236,8 +240,10 @@ class _Parts:
     def add(self, ln: _Line) -> None:
         head = ln.peek()
         if head.kind != "name":
-            raise ln.error(f"expected a declaration (graph, input, param, output or 'name = op(...)'), "
-                           f"found {head.text!r}")
+            raise ln.error(
+                f"expected a declaration (graph, input, param, output or 'name = op(...)'), "
+                f"found {head.text!r}"
+            )
         if ln.peek(1).text == "=":
             self._need_header(ln)
             self.nodes.append(_parse_node(ln))
@@ -255,8 +261,11 @@ class _Parts:
         elif head.text == "output":
             self.outputs += _parse_outputs(ln)
         else:
-            raise ln.error(f"unknown declaration {head.text!r}; expected graph, input, param, output "
-                           "or 'name = op(...)'", head)
+            raise ln.error(
+                f"unknown declaration {head.text!r}; expected graph, input, param, output "
+                "or 'name = op(...)'",
+                head,
+            )
 
     def _need_header(self, ln: _Line) -> None:
         if self.name is None:
@@ -280,4 +289,6 @@ def parse_graph(text: str, *, source: str = "<ir>") -> Graph:
             raise AssemblyError(str(err), source=source, line=lineno, column=ln.toks[0].column) from None
     if parts.name is None:
         raise AssemblyError("empty text: expected 'graph NAME'", source=source, line=max(lineno, 1), column=1)
-    return Graph(parts.name, tuple(parts.inputs), tuple(parts.params), tuple(parts.nodes), tuple(parts.outputs))
+    return Graph(
+        parts.name, tuple(parts.inputs), tuple(parts.params), tuple(parts.nodes), tuple(parts.outputs)
+    )
