@@ -14,6 +14,7 @@ import numpy as np
 from openlpu.errors import ProgramError
 from openlpu.isa.program import Check, CheckMode, Tensor
 from openlpu.isa.types import DType
+from openlpu.sim.numerics import narrow
 
 
 def _softmax(x):
@@ -133,7 +134,10 @@ def run_check(check: Check, target: Tensor, actual: np.ndarray, env: dict[str, n
 
 
 def _to_dtype(x: np.ndarray, dtype: DType) -> np.ndarray:
-    """The reference rounded to the tensor's type: floats to nearest even, integers wrapped (as the MXM/VXM do)."""
+    """The reference rounded to the tensor's type as the chip rounds: floats to nearest even (fp16 saturating at
+    +-65504), integers wrapped."""
+    if dtype is DType.FP16:
+        return np.ascontiguousarray(narrow(np.asarray(x, np.float64), dtype))
     if dtype.is_float:
         return np.ascontiguousarray(x.astype(np.float64).astype(dtype.numpy))
     return np.ascontiguousarray(np.asarray(x).astype(np.int64).astype(dtype.numpy))

@@ -56,20 +56,21 @@ def widen(values: np.ndarray, dtype: DType) -> np.ndarray:
 
 
 def narrow(values: np.ndarray, dtype: DType) -> np.ndarray:
-    """Compute-type result -> element type: floats round to nearest even (saturating fp16); ints wrap."""
+    """Result -> element type, rounding once: floats to nearest even (fp16 saturating); ints wrap."""
     if dtype is DType.FP16:
-        return _saturate_fp16(values.astype(np.float32))
+        return _saturate_fp16(values)
     if dtype is DType.FP32:
         return values.astype(np.float32)
     return values.astype(np.int64).astype(dtype.numpy)  # two's-complement wrap
 
 
-def _saturate_fp16(x32: np.ndarray) -> np.ndarray:
+def _saturate_fp16(x: np.ndarray) -> np.ndarray:
+    """Round (fp32 or fp64) to fp16 once, to nearest even; finite values beyond the range saturate to +-65504."""
     with np.errstate(over="ignore"):
-        h = x32.astype(np.float16)
-    over = np.isinf(h) & np.isfinite(x32)
+        h = x.astype(np.float16)
+    over = np.isinf(h) & np.isfinite(x)
     if over.any():
-        h = np.where(over, np.copysign(np.float16(FP16_MAX), x32).astype(np.float16), h)
+        h = np.where(over, np.copysign(np.float16(FP16_MAX), x).astype(np.float16), h)
     return h
 
 
@@ -77,7 +78,7 @@ def convert(values: np.ndarray, src: DType, dst: DType) -> np.ndarray:
     """The VXM `cast`: round to nearest even, saturate, NaN -> 0 for integer targets."""
     if dst.is_float:
         if dst is DType.FP16:
-            return _saturate_fp16(values.astype(np.float64).astype(np.float32))
+            return _saturate_fp16(values.astype(np.float64))
         return values.astype(np.float64).astype(np.float32)
     lo, hi = INT_LIMITS[dst]
     if src.is_float:
@@ -87,7 +88,9 @@ def convert(values: np.ndarray, src: DType, dst: DType) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+    """Logistic function in fp64 without cancellation: exp of a non-positive argument on both sides of 0."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 _FLOAT_UNARY = {

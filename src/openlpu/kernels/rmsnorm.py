@@ -1,0 +1,110 @@
+"""RMSNorm of an fp32 [M, N] tensor: y = x / sqrt(mean(x^2) + eps) * w, with a weight row w [N].
+
+Two passes over x (row reductions as in `openlpu.kernels.reduce`):
+
+    A  r = rsqrt(rowsum(x * x) * (1/N) + eps)   -> east scratch `inv_rms`; the scaling runs on ranks 3, 2, 1
+                                                   (mul, add, rsqrt), turning back west after the lane tree
+    B  y = (x * r) * w                         -> y, block by block; w's block is re-read every row (stride 0)
+
+Padding lanes are zero in SRAM, so they add nothing to the sum of squares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from openlpu.errors import ProgramError
+from openlpu.hardware.chip import Chip
+from openlpu.hardware.geometry import Hemisphere
+from openlpu.isa.opcodes import Opcode
+from openlpu.isa.program import Check, CheckMode, Tensor
+from openlpu.isa.types import Direction, StreamRef
+from openlpu.kernels.builder import ProgramBuilder, vxm_queue
+from openlpu.kernels.elementwise import Flow, Load, Rows, alu, earliest, read, rows_of, write
+from openlpu.kernels.kernel import Kernel
+from openlpu.kernels.reduce import (
+    AUX_IN, AUX_SLICE, F32, OUT_SLICE, PARTIAL_IN, ROW_IN, ROW_SLICES, X_IN, X_SLICE, RowReduction,
+    check_fp32, partials, reduce_rows, tensor, tree_depth,
+)
+
+SCALE_BACK = StreamRef(Direction.W, 4)  # mean and mean + eps, flowing back west from rank 3 to rank 1
+
+
+def rmsnorm(chip: Chip, x: np.ndarray, w: np.ndarray, *, eps: float = 1e-5, name: str = "rmsnorm") -> Kernel:
+    """y = rmsnorm(x, w, eps) for x [M, N] and w [N] in fp32 (`~=` within the bound in `_check`)."""
+    x = check_fp32(x, name)
+    m, n = x.shape
+    if np.shape(w) not in ((n,), (1, n)):
+        raise ProgramError(f"{name}: weight shape {np.shape(w)} does not match x's {n} columns; "
+                           f"expected ({n},)")
+    b = ProgramBuilder(chip, name)
+    lanes = chip.lanes.lanes
+    tx, ty = tensor("x", Hemisphere.W, X_SLICE, m, n), tensor("y", Hemisphere.E, OUT_SLICE, m, n)
+    tw = tensor("w", Hemisphere.W, AUX_SLICE, 1, n)
+    t_inv = tensor("inv_rms", Hemisphere.E, ROW_SLICES[0], m, lanes)
+    b.tensors += [tx, tw, ty, t_inv]
+    eps32 = float(np.float32(eps))
+    blocks = tx.column_blocks(lanes)
+    ready = reduce_rows(b, RowReduction(Opcode.ADD, m, blocks, _square_feed(tx, lanes),
+                                        _inverse_rms(t_inv, lanes, n, eps32), partials(b, m, blocks)))
+    _scale(b, tx, tw, ty, t_inv, ready)
+    b.checks.append(_check(x, blocks, lanes, eps32))
+    return Kernel(program=b.build(), predicted_cycles=b.predicted_cycles(),
+                  inputs={"x": x, "w": np.asarray(w, np.float32).reshape(1, n)}, assemble=lambda t: t["y"])
+
+
+def _square_feed(tx: Tensor, lanes: int):
+    """x_j * x_j (ALU 12, rank 0), folded by addition (ALU 9, rank 1)."""
+
+    def feed(b: ProgramBuilder, j: int, partial: Rows | None, out: StreamRef, row0: int, count: int,
+             start: int) -> Flow:
+        square = 12
+        # Both operands of the square are one stream: read x once, to reach the ALU at `start`.
+        xs = Load(rows_of(tx, lanes, block=j).skip(row0), X_IN)
+        x = read(b, xs, b.position(vxm_queue(square)), start, count)
+        t = alu(b, square, Opcode.MUL, F32, count, [x, x], X_IN if partial else out)
+        if partial is None:
+            return t
+        return alu(b, 9, Opcode.ADD, F32, count, [t, Load(partial.skip(row0), PARTIAL_IN)], out)
+
+    return feed
+
+
+def _inverse_rms(t_inv: Tensor, lanes: int, n: int, eps: float):
+    """rsqrt(sum * (1/N) + eps) on ALUs 3 (rank 3), 6 (rank 2), 13 (large, rank 1), written to `t_inv`."""
+
+    def finish(b: ProgramBuilder, total: Flow, row0: int, count: int) -> int:
+        mean = alu(b, 3, Opcode.MUL, F32, count, [total], SCALE_BACK, imm=1.0 / n)
+        t = alu(b, 6, Opcode.ADD, F32, count, [mean], SCALE_BACK, imm=eps)
+        t = alu(b, 13, Opcode.RSQRT, F32, count, [t], AUX_IN)
+        return write(b, t, rows_of(t_inv, lanes).skip(row0), count)
+
+    return finish
+
+
+def _scale(b: ProgramBuilder, tx: Tensor, tw: Tensor, ty: Tensor, t_inv: Tensor, ready: int) -> None:
+    """y_j = (x_j * r) * w_j for every block j, all rows of one block after another (ALUs 12, 9)."""
+    lanes, m = b.chip.lanes.lanes, tx.rows
+
+    def block(pb: ProgramBuilder, start: int, j: int = 0) -> int:
+        weight = replace(rows_of(tw, lanes, block=j), stride=0)  # the same row of w for every row of x
+        x = Load(rows_of(tx, lanes, block=j), X_IN)
+        t = alu(pb, 12, Opcode.MUL, F32, m, [x, Load(rows_of(t_inv, lanes), ROW_IN)], X_IN, start=start)
+        t = alu(pb, 9, Opcode.MUL, F32, m, [t, Load(weight, AUX_IN)], X_IN)
+        return write(pb, t, rows_of(ty, lanes, block=j), m)
+
+    start = earliest(b.chip, block, ready)
+    for j in range(tx.column_blocks(lanes)):
+        block(b, start + j * m, j)
+
+
+def _check(x: np.ndarray, blocks: int, lanes: int, eps: float) -> Check:
+    """Relative error bound, u = 2^-24, first order. The sum of squares: one rounding per square and one per
+    addition level, D = blocks - 1 + tree depth of them, all terms positive: (D + 1) u. Times fl(1/N): 2 u;
+    plus eps: u; so the rsqrt argument is within (D + 4) u, which rsqrt halves, and its own rounding adds u;
+    then two products, 2 u. In all (D / 2 + 5) u of |y|."""
+    depth = blocks - 1 + tree_depth(lanes)
+    rtol = (depth / 2 + 5) * 2.0**-24
+    return Check(target="y", mode=CheckMode.CLOSE, expr=f"rmsnorm(x, w, {eps!r})", rtol=rtol)
