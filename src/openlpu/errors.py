@@ -34,8 +34,13 @@ class ProgramError(UserError):
 class ScheduleError(UserError):
     """A program whose timing is illegal: a stream, bank or unit conflict, or a dependency not met in time.
 
-    The simulator raises it at the exact cycle, naming the queue and instruction, with context.
+    The simulator raises it for the earliest violation in the program, naming the cycle, queue and instruction,
+    with context; `cycle` holds that cycle (None where there is none, e.g. a deadlock).
     """
+
+    def __init__(self, message: str, *, cycle: int | None = None) -> None:
+        self.cycle = cycle
+        super().__init__(message)
 
 
 class DoesNotFitError(UserError):

@@ -133,12 +133,15 @@ class _Run:
     # -- the four steps --------------------------------------------------------------------------------------
     def run(self, inputs: dict[str, np.ndarray], run_checks: bool) -> Result:
         edges = hazards.Edges()
-        self.mem = hazards.check_mem(self.ev, self.chip, self.ops, edges, self.describe)
+        self.mem, mem_violation = hazards.check_mem(self.ev, self.chip, self.ops, edges, self.describe)
         mxm = np.flatnonzero(np.isin(self.ops, [OP_INDEX[o] for o in MXM_OPS]))
         mxm = mxm[np.lexsort((self._phase()[mxm], self.ev.cycle[mxm]))]
         self.mxm = hazards.MxmChecker(self.chip, self.ev, edges, self.describe)
-        self.mxm.run(mxm, self.slot)
-        self.source = self._wire(edges)
+        self.mxm.run(mxm, self.slot, self.row)
+        self.source, stream_violation = self._wire(edges)
+        first = hazards.earliest(mem_violation, self.mxm.violation, stream_violation)
+        if first is not None:
+            raise ScheduleError(first[1], cycle=first[0])
         level = _levels(len(self.ev), *edges.arrays())
         initial = self._load(inputs)
         self.pool = np.zeros((len(self.ev.writes.cycle), self.chip.lanes.lanes), np.uint8)
@@ -147,16 +150,19 @@ class _Run:
         machine.commit_writes()
         return self._result(initial if run_checks else None, int(level.max()) + 1 if len(level) else 0)
 
-    def _wire(self, edges: hazards.Edges) -> np.ndarray:
+    def _wire(self, edges: hazards.Edges) -> tuple[np.ndarray, hazards.Violation | None]:
         positions = Geometry.of(self.chip).positions
         source, conflicts = streams.resolve(self.ev.writes, self.ev.reads, positions)
         if conflicts:
             def when(c: streams.Conflict) -> int:
-                return int((self.ev.reads if c.kind == "no-value" else self.ev.writes).cycle[c.first])
+                if c.kind == "no-value":
+                    return int(self.ev.reads.cycle[c.first])
+                return int(self.ev.writes.cycle[c.second if c.kind == "clobbered" else c.first])
 
-            raise ScheduleError(self._conflict_message(min(conflicts, key=when)))
+            c = min(conflicts, key=when)
+            return source, (when(c), self._conflict_message(c))
         edges.add(self.ev.writes.event[source], self.ev.reads.event)
-        return source
+        return source, None
 
     def _conflict_message(self, c: streams.Conflict) -> str:
         w, r = self.ev.writes, self.ev.reads

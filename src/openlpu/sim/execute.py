@@ -161,15 +161,13 @@ class Machine:
                 self.products[e] = r
 
     def acc_(self, events: np.ndarray, ins: Instruction) -> None:
-        """The slot's value: the products landed since its last reset, accumulated in landing order."""
-        out = []
+        """The slot's value: the products landed since its last reset, accumulated in landing order; int32 for
+        int8 products, fp32 for fp16 ones."""
         for e in events.tolist():
             used = self.s.mxm.landed[e]
             dtype = self.s.ev.templates[self.s.ev.template[used[0]]].instruction.dtype
             value = self.products[used[0]]
             for a in used[1:]:
                 value = nx.accumulate(value, self.products[a], dtype)
-            out.append(value)
-        values = np.stack(out)
-        dt = DType.INT32 if values.dtype == np.int32 else DType.FP32
-        self.output(events, nx.values_to_planes(values, dt))
+            out = DType.INT32 if dtype is DType.INT8 else DType.FP32
+            self.output(np.array([e]), nx.values_to_planes(value[None, :], out))

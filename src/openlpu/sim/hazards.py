@@ -13,12 +13,12 @@ dataflow graph, one NumPy step per opcode and dependency level, however many cyc
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from openlpu.errors import ScheduleError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Geometry
 from openlpu.isa.opcodes import Opcode
@@ -26,6 +26,7 @@ from openlpu.isa.types import DType, Unit
 from openlpu.sim.events import Events
 
 Describe = Callable[[int], str]
+Violation = tuple[int, str]  # (cycle, message): the engine raises the earliest
 OP_CODE = {op: i for i, op in enumerate(Opcode)}
 
 
@@ -65,42 +66,50 @@ class MemPlan:
     ordered: np.ndarray
 
 
-def check_mem(ev: Events, chip: Chip, ops: np.ndarray, edges: Edges, describe: Describe) -> MemPlan:
+def earliest(*found: Violation | None) -> Violation | None:
+    real = [v for v in found if v is not None]
+    return min(real, key=lambda v: v[0]) if real else None
+
+
+def check_mem(ev: Events, chip: Chip, ops: np.ndarray, edges: Edges, describe: Describe
+              ) -> tuple[MemPlan, Violation | None]:
+    """SRAM address and bank checks (the earliest violation, if any) and the plan of who reads what."""
     is_mem, slices, addr = mem_fields(ev, chip)
     bad = np.flatnonzero(is_mem & ((addr < 0) | (addr >= chip.mem.addresses_per_slice)))
+    out_of_range = None
     if len(bad):
-        e = bad[0]
-        raise ScheduleError(
-            f"address {addr[e]} out of range 0..{chip.mem.addresses_per_slice - 1} (after Repeat advanced it) "
-            f"at {describe(e)}"
-        )
+        e = bad[np.argmin(ev.cycle[bad])]
+        out_of_range = (int(ev.cycle[e]), f"address {addr[e]} out of range 0..{chip.mem.addresses_per_slice - 1} "
+                        f"(after Repeat advanced it) at {describe(e)}")
     is_write = np.isin(ops, [OP_CODE[Opcode.WRITE], OP_CODE[Opcode.SCATTER]])
     is_wide = np.isin(ops, [OP_CODE[Opcode.GATHER], OP_CODE[Opcode.SCATTER]])
     mem = np.flatnonzero(is_mem)
     when = ev.cycle[mem] + np.where(is_write[mem], chip.mem.write_latency_cycles, 0)
-    _check_banks(mem, slices[mem], when, np.where(is_wide[mem], -1, addr[mem] % chip.mem.banks_per_slice),
-                 describe)
+    bank = _check_banks(mem, slices[mem], when, np.where(is_wide[mem], -1, addr[mem] % chip.mem.banks_per_slice),
+                        describe)
     ordered_slices = np.unique(slices[mem][is_wide[mem]])
     ordered = is_mem & np.isin(slices, ordered_slices)
     source = np.full(len(ev), -1, np.int64)
     plain = mem[~ordered[mem]]
     _link_words(plain, slices, addr, ev.cycle, is_write, chip, source, edges)
     _chain_ordered(np.flatnonzero(ordered), slices, ev.cycle, is_write, chip, edges)
-    return MemPlan(source, ordered)
+    return MemPlan(source, ordered), earliest(out_of_range, bank)
 
 
-def _check_banks(mem: np.ndarray, slices: np.ndarray, when: np.ndarray, bank: np.ndarray, describe: Describe) -> None:
-    key = slices * (1 << 40) + when
+def _check_banks(mem: np.ndarray, slices: np.ndarray, when: np.ndarray, bank: np.ndarray,
+                 describe: Describe) -> Violation | None:
+    key = when * (1 << 20) + slices  # time-major, so the first clash found is the earliest
     order = np.argsort(key, kind="stable")
     k = key[order]
     for i in np.flatnonzero(k[1:] == k[:-1]):
         a, b = order[i], order[i + 1]
         if bank[a] == bank[b] or bank[a] < 0 or bank[b] < 0:
-            raise ScheduleError(
+            return int(when[a]), (
                 f"bank conflict in cycle {when[a]}: {describe(mem[a])} and {describe(mem[b])} both access the same "
                 "bank of one MEM slice (a slice reads one bank and writes the other in a cycle); move one by a "
                 "cycle or put the data in the other bank (odd/even address)"
             )
+    return None
 
 
 def _link_words(events, slices, addr, cycle, is_write, chip, source, edges: Edges) -> None:
@@ -147,10 +156,15 @@ class MxmChecker:
         self.shadow: dict = {}  # plane -> (dtype, [lw events])
         self.installed: dict = {}  # plane -> [(effective cycle, dtype, iw event)]
         self.last_abc: dict = {}  # plane -> cycle
-        self.abcs: dict = {}  # (plane, slot) -> [(lands, event, accumulate)]
+        self.abcs: dict = {}  # (plane, slot) -> [(lands, event, accumulate, dtype)]
         self.accs: list = []  # (plane, slot, cycle, event)
+        self.violation: Violation | None = None
 
-    def run(self, events: np.ndarray, slot: np.ndarray) -> None:
+    def fail(self, e: int, message: str) -> None:
+        self.violation = earliest(self.violation, (int(self.ev.cycle[e]), f"{self.describe(e)}{message}"))
+
+    def run(self, events: np.ndarray, slot: np.ndarray, row: np.ndarray) -> None:
+        self.row = row
         for e in events.tolist():
             t = self.ev.templates[self.ev.template[e]]
             plane = (t.queue.hemisphere, t.instruction.plane)
@@ -161,51 +175,66 @@ class MxmChecker:
     def _lw(self, e, plane, ins, cycle, _slot) -> None:
         dtype, lws = self.shadow.get(plane, (ins.dtype, []))
         if dtype is not ins.dtype:
-            raise ScheduleError(f"{self.describe(e)}loads {ins.dtype.value} rows into a shadow buffer that "
-                                f"already holds {dtype.value} rows; install (IW) them first")
+            return self.fail(e, f"loads {ins.dtype.value} rows into a shadow buffer that already holds "
+                                f"{dtype.value} rows; install (IW) them first")
+        rows = self.chip.streams.streams_per_direction // ins.dtype.width_bytes
+        row = int(self.row[e])
+        if row + rows > self.chip.mxm.plane_rows:
+            return self.fail(e, f"loads rows {row}..{row + rows - 1} (after Repeat advanced the row) but a plane "
+                                f"has rows 0..{self.chip.mxm.plane_rows - 1}")
         self.shadow[plane] = (dtype, lws + [e])
 
     def _iw(self, e, plane, ins, cycle, _slot) -> None:
         if plane not in self.shadow:
-            raise ScheduleError(f"{self.describe(e)}installs an empty shadow buffer; load weights with LW first")
+            return self.fail(e, "installs an empty shadow buffer; load weights with LW first")
         dtype, lws = self.shadow.pop(plane)
         self.install_of[lws] = e
         self.edges.add(lws, np.full(len(lws), e))
         self.installed.setdefault(plane, []).append((cycle + self.chip.mxm.iw_latency_cycles, dtype, e))
 
     def _abc(self, e, plane, ins, cycle, slot) -> None:
-        active = [i for i in self.installed.get(plane, [])[-2:] if i[0] <= cycle]
-        if not active:
-            raise ScheduleError(f"{self.describe(e)}MXM plane {plane[1]} ({plane[0].value}) is used before "
-                                "weights are installed; issue LW and IW, and the ABC at least "
+        installs = self.installed.get(plane, [])
+        active = bisect.bisect_right(installs, cycle, key=lambda i: i[0]) - 1
+        if active < 0:
+            return self.fail(e, f"MXM plane {plane[1]} ({plane[0].value}) is used before weights are installed; "
+                                "issue LW and IW, and the ABC at least "
                                 f"{self.chip.mxm.iw_latency_cycles} cycle(s) after the IW")
-        _, dtype, iw = active[-1]
+        _, dtype, iw = installs[active]
         if dtype is not ins.dtype:
-            raise ScheduleError(f"{self.describe(e)}streams {ins.dtype.value} activations into "
-                                f"{dtype.value} weights")
+            return self.fail(e, f"streams {ins.dtype.value} activations into {dtype.value} weights")
+        if not 0 <= slot < self.chip.mxm.accumulator_vectors:
+            return self.fail(e, f"slot {slot} (after Repeat advanced it) is outside "
+                                f"0..{self.chip.mxm.accumulator_vectors - 1}")
         gap = self.chip.mxm.fp16_issue_interval_cycles if dtype is DType.FP16 else 1
         if plane in self.last_abc and cycle - self.last_abc[plane] < gap:
-            raise ScheduleError(f"{self.describe(e)}ABC issued {cycle - self.last_abc[plane]} cycle(s) after the "
-                                f"previous one on this plane; {dtype.value} takes one every {gap}")
+            self.fail(e, f"ABC issued {cycle - self.last_abc[plane]} cycle(s) after the previous one on this "
+                         f"plane; {dtype.value} takes one every {gap}")
+        history = self.abcs.setdefault((plane, slot), [])
+        if ins.accumulate and history and history[-1][3] is not dtype:
+            self.fail(e, f"accumulates {dtype.value} products into slot {slot}, which holds "
+                         f"{history[-1][3].value} results; start the slot with accumulate=false")
         self.last_abc[plane] = cycle
         self.install_of[e] = iw
         self.edges.add([iw], [e])
-        lands = cycle + self.chip.mxm.abc_latency_cycles
-        self.abcs.setdefault((plane, slot), []).append((lands, e, bool(ins.accumulate)))
+        history.append((cycle + self.chip.mxm.abc_latency_cycles, e, bool(ins.accumulate), dtype))
 
     def _acc(self, e, plane, ins, cycle, slot) -> None:
+        if not 0 <= slot < self.chip.mxm.accumulator_vectors:
+            return self.fail(e, f"slot {slot} (after Repeat advanced it) is outside "
+                                f"0..{self.chip.mxm.accumulator_vectors - 1}")
         self.accs.append((plane, slot, cycle, e))
 
     def _link_accumulators(self) -> None:
         """An ACC reads the fold of the products landed in its slot since the last non-accumulating one."""
         for plane, slot, cycle, e in self.accs:
             history = self.abcs.get((plane, slot), [])
-            landed = [(lands, a, add) for lands, a, add in history if lands <= cycle]
+            landed = [(lands, a, add) for lands, a, add, _ in history if lands <= cycle]
             if not landed:
                 hint = (f"; the first ABC into it lands at cycle {history[0][0]}, so issue the ACC "
                         f"{history[0][0] - cycle} cycle(s) later") if history else ""
-                raise ScheduleError(f"{self.describe(e)}reads accumulator slot {slot}, which holds no completed "
-                                    f"ABC result at cycle {cycle}{hint}")
+                self.fail(e, f"reads accumulator slot {slot}, which holds no completed ABC result at cycle "
+                             f"{cycle}{hint}")
+                continue
             resets = [i for i, (_, _, add) in enumerate(landed) if not add]
             used = [a for _, a, _ in landed[resets[-1] if resets else 0:]]
             self.landed[e] = used

@@ -41,7 +41,7 @@ def _keys(a: Accesses, positions: int, cycle_offset: int) -> tuple[np.ndarray, n
     east = a.direction == 0
     diagonal = np.where(east, a.cycle - a.position, a.cycle + a.position) + cycle_offset
     upstream = np.where(east, a.position, positions - a.position)  # grows downstream
-    line = (a.direction.astype(np.int64) * 64 + a.stream) * (1 << 34) + diagonal
+    line = (a.direction.astype(np.int64) * 256 + a.stream) * (1 << 34) + diagonal  # chips have <= 256 streams
     return line, line * (2 * positions + 2) + upstream
 
 
