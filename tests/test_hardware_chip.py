@@ -95,7 +95,7 @@ BAD_CHIPS = {
     "unknown section": (
         lambda d: d.update(cache={}),
         "my.toml: [cache]: unknown section(s); valid sections are "
-        "['chip', 'icu', 'lanes', 'mem', 'mxm', 'streams', 'sxm', 'vxm']",
+        "['c2c', 'chip', 'icu', 'lanes', 'mem', 'mxm', 'streams', 'sxm', 'vxm']",
     ),
     "wrong type": (
         _set("mem", addresses_per_slice="8192"),
@@ -179,7 +179,7 @@ def test_direct_construction_is_checked() -> None:
     c = load_chip()
     with pytest.raises(ConfigError, match=r"^<built-in>: \[mxm.planes\]: value 5 must be even"):
         Chip(chip=c.chip, lanes=c.lanes, streams=c.streams, mem=c.mem, vxm=c.vxm,
-             mxm=type(c.mxm)(**{**_fields(c.mxm), "planes": 5}), sxm=c.sxm, icu=c.icu)
+             mxm=type(c.mxm)(**{**_fields(c.mxm), "planes": 5}), sxm=c.sxm, icu=c.icu, c2c=c.c2c)
 
 
 def _fields(obj: Any) -> dict[str, Any]:

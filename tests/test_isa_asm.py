@@ -134,10 +134,11 @@ def test_roundtrip_every_opcode() -> None:
     instrs = one_of_each_opcode()
     p = make_program("all", {QueueId.parse("vxm.0"): instrs})
     roundtrip(p)
-    assert print_program(p).splitlines()[-3:] == [
-        "    distribute a=E0 out=W31 dtype=fp16 map16=[0,-1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]",
+    assert print_program(p).splitlines()[-4:] == [
         "    rotate n=3 a=E0 out=W31",
         "    transpose a=E0 out=W31",
+        "    send a=E0",
+        "    receive out=W31",
     ]
 
 
@@ -299,7 +300,7 @@ def error(text: str) -> str:
     (HEAD + ".queue vxm.0\n  nop n=1\n.tensor a fp32 8x8 @ w:0 addr=0\n",
      "t.s:4:1: .tensor after a .queue section; declarations go before the first .queue"),
     (HEAD + ".queue vxm.9.1\n",
-     "t.s:2:8: bad queue name 'vxm.9.1': expected mem.w.N, mem.e.N, sxm.w.N, mxm.e.N or vxm.N"),
+     "t.s:2:8: bad queue name 'vxm.9.1': expected mem.w.N, mem.e.N, sxm.w.N, mxm.e.N, c2c.w.N or vxm.N"),
     (HEAD + ".queue\n", "t.s:2:7: expected '.queue QUEUE'"),
     (".program p q\n", "t.s:1:12: unexpected 'q' after .program NAME"),
     (HEAD + ".program q\n", "t.s:2:1: duplicate .program; a file holds one program"),

@@ -86,6 +86,23 @@ class IcuConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class C2cConfig:
+    """Chip-to-chip links: a vector occupies a link for its serialisation time, then arrives `link_latency`
+    later in the peer's receive buffer (no flow control: the schedule must match sends and receives)."""
+
+    links: int = _range(0, 256)
+    lanes_per_link: int = _range(1, 64)
+    lane_rate_bps: int = _range(1_000_000, 1_000_000_000_000)
+    wire_bytes_per_vector: int = _range(1, 1 << 20)
+    link_latency_cycles: int = _range(1, 1 << 20)
+    receive_latency_cycles: int = _range(1, 64)
+
+    @property
+    def link_bytes_per_second(self) -> int:
+        return self.lanes_per_link * self.lane_rate_bps // 8
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ChipInfo:
     name: str
     clock_hz: int = _range(1_000_000, 100_000_000_000)
@@ -103,6 +120,7 @@ class Chip:
     mxm: MxmConfig
     sxm: SxmConfig
     icu: IcuConfig
+    c2c: C2cConfig
     source: str = "<built-in>"
 
     def __post_init__(self) -> None:
@@ -152,6 +170,13 @@ class Chip:
         return self.mem_slices * self.vector_bytes
 
     @property
+    def serialisation_cycles(self) -> int:
+        """Cycles one vector occupies a link: wire bytes at the link rate, rounded up to whole cycles."""
+        bits = 8 * self.c2c.wire_bytes_per_vector * self.clock_hz
+        rate = self.c2c.lanes_per_link * self.c2c.lane_rate_bps
+        return -(-bits // rate)
+
+    @property
     def queue_count(self) -> int:
         per_hemisphere = self.mem.slices_per_hemisphere + self.sxm.queues_per_hemisphere
         return 2 * (per_hemisphere + self.icu.mxm_queues_per_hemisphere) + self.vxm.alus
@@ -176,6 +201,10 @@ class Chip:
             "peak_fp16_flops_per_second": 2 * self.macs_per_cycle_fp16 * hz,
             "vxm_alus": self.vxm.alus * self.lanes.lanes,
             "instruction_queues": self.queue_count,
+            "c2c_links": self.c2c.links,
+            "c2c_link_bytes_per_second": self.c2c.link_bytes_per_second,
+            "c2c_serialisation_cycles": self.serialisation_cycles,
+            "c2c_link_latency_cycles": self.c2c.link_latency_cycles,
         }
 
 
@@ -188,6 +217,7 @@ SECTIONS: dict[str, type] = {
     "mxm": MxmConfig,
     "sxm": SxmConfig,
     "icu": IcuConfig,
+    "c2c": C2cConfig,
 }
 
 
@@ -218,6 +248,8 @@ def _check_consistency(c: Chip) -> None:
             f"value {c.mxm.plane_rows} must be a multiple of streams_per_direction = "
             f"{c.streams.streams_per_direction} (LW loads one row per stream per cycle)",
         )
+    if c.c2c.links % 2:
+        raise _fail(src, "c2c.links", f"value {c.c2c.links} must be even (half the links at each hemisphere)")
     if c.streams.streams_per_direction % 4:
         raise _fail(src, "streams.streams_per_direction", "must be a multiple of 4 (fp32 uses 4-stream groups)")
 

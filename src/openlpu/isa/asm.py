@@ -167,6 +167,7 @@ _WHERE = re.compile(r"([we]):([0-9]+)")
 _INIT = re.compile(r"(\w+)(?:\((.*)\))?")
 _TENSOR_USAGE = "'.tensor NAME DTYPE ROWSxCOLS @ HEMI:FIRST_SLICE addr=A [interleave=G] [= INIT]'"
 _EXAMPLE_QUEUE = {Family.ICU: "mem.w.0", Family.MEM: "mem.w.0", Family.VXM: "vxm.0", Family.MXM: "mxm.w.0",
+                  Family.C2C: "c2c.w.0",
                   Family.SXM: "sxm.w.0"}
 
 

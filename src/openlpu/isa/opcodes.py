@@ -18,6 +18,7 @@ class Family(enum.Enum):
     VXM = "vxm"
     MXM = "mxm"
     SXM = "sxm"
+    C2C = "c2c"
 
 
 class Opcode(enum.Enum):
@@ -66,6 +67,9 @@ class Opcode(enum.Enum):
     DISTRIBUTE = "distribute"
     ROTATE = "rotate"
     TRANSPOSE = "transpose"
+    # C2C
+    SEND = "send"
+    RECEIVE = "receive"
 
     @property
     def family(self) -> Family:
@@ -90,6 +94,7 @@ VXM_OPS = VXM_UNARY | VXM_BINARY | {Opcode.SELECT, Opcode.CAST}
 VXM_LARGE_ONLY = VXM_TRANSCENDENTAL | {Opcode.MAX, Opcode.MIN, Opcode.RELU, Opcode.CAST}
 MXM_OPS = frozenset({Opcode.LW, Opcode.IW, Opcode.ABC, Opcode.ACC})
 SXM_OPS = frozenset({Opcode.SHIFT, Opcode.PERMUTE, Opcode.DISTRIBUTE, Opcode.ROTATE, Opcode.TRANSPOSE})
+C2C_OPS = frozenset({Opcode.SEND, Opcode.RECEIVE})
 
 FAMILY: dict[Opcode, Family] = {
     **{op: Family.ICU for op in ICU_OPS},
@@ -97,10 +102,12 @@ FAMILY: dict[Opcode, Family] = {
     **{op: Family.VXM for op in VXM_OPS},
     **{op: Family.MXM for op in MXM_OPS},
     **{op: Family.SXM for op in SXM_OPS},
+    **{op: Family.C2C for op in C2C_OPS},
 }
 
 #: The unit whose queues may issue each non-ICU family.
-FAMILY_UNIT = {Family.MEM: Unit.MEM, Family.VXM: Unit.VXM, Family.MXM: Unit.MXM, Family.SXM: Unit.SXM}
+FAMILY_UNIT = {Family.MEM: Unit.MEM, Family.VXM: Unit.VXM, Family.MXM: Unit.MXM, Family.SXM: Unit.SXM,
+               Family.C2C: Unit.C2C}
 
 _UNARY = (("dtype", "a", "out"), ())
 _BINARY = (("dtype", "a", "out"), ("b", "imm"))
@@ -129,6 +136,8 @@ OPERANDS: dict[Opcode, tuple[tuple[str, ...], tuple[str, ...]]] = {
     Opcode.DISTRIBUTE: (("dtype", "a", "out", "map16"), ()),
     Opcode.ROTATE: (("a", "out", "n"), ()),
     Opcode.TRANSPOSE: (("a", "out"), ()),
+    Opcode.SEND: (("a",), ()),
+    Opcode.RECEIVE: (("out",), ()),
 }
 
 #: Operand advanced by each re-issue of `Repeat`, and by how much ("stride" reads the instruction's stride,
@@ -167,4 +176,6 @@ LATENCY_FIELD: dict[Opcode, str | None] = {
     Opcode.DISTRIBUTE: "sxm.distribute_latency_cycles",
     Opcode.ROTATE: "sxm.rotate_latency_cycles",
     Opcode.TRANSPOSE: "sxm.transpose_latency_cycles",
+    Opcode.SEND: None,
+    Opcode.RECEIVE: "c2c.receive_latency_cycles",
 }

@@ -64,11 +64,13 @@ class Unit(enum.Enum):
     VXM = "vxm"
     MXM = "mxm"
     SXM = "sxm"
+    C2C = "c2c"
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class QueueId:
-    """An instruction queue: `mem.w.3` (MEM slice 3 of the west hemisphere), `vxm.5` (ALU 5), `mxm.e.0`, `sxm.w.2`.
+    """An instruction queue: `mem.w.3` (MEM slice 3 of the west hemisphere), `vxm.5` (ALU 5), `mxm.e.0`, `sxm.w.2`,
+    `c2c.e.1` (chip-to-chip link 1 of the east edge).
 
     Every queue also executes the ICU instructions (NOP, Repeat, Sync, Notify, Config) for its own stream.
     """
@@ -94,4 +96,4 @@ class QueueId:
                 return cls(unit, Hemisphere(parts[1]), int(parts[2]))
         except ValueError:
             pass
-        raise ValueError(f"bad queue name {text!r}: expected mem.w.N, mem.e.N, sxm.w.N, mxm.e.N or vxm.N")
+        raise ValueError(f"bad queue name {text!r}: expected mem.w.N, mem.e.N, sxm.w.N, mxm.e.N, c2c.w.N or vxm.N")

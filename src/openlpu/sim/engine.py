@@ -48,6 +48,7 @@ class Result:
     utilisation: dict[str, float]
     checks: tuple[checks_mod.CheckResult, ...]
     tensors: Mapping[str, np.ndarray] = field(repr=False)
+    sent: dict = field(default_factory=dict, repr=False)  # C2C queue -> [vectors, lanes] uint8, in send order
 
     @property
     def seconds(self) -> float:
@@ -81,7 +82,11 @@ def simulate(
     """Run `program` cycle-exactly. `inputs` overrides tensors' initial contents by name; `run_checks=False`
     skips evaluating the program's `.check` references (benchmarks time the machine, not the reference)."""
     chip = chip or load_chip(program.chip or "groqchip1")
-    return _Run(program, chip).run(inputs or {}, run_checks)
+    run = _Run(program, chip)
+    if run.c2c_queues(Opcode.RECEIVE) or run.c2c_queues(Opcode.SEND):
+        raise ProgramError(f"program {program.name} sends or receives over chip-to-chip links; run it as part of a "
+                           "system with openlpu.system.simulate_system")
+    return run.run(inputs or {}, run_checks)
 
 
 class _Tensors(Mapping):
@@ -131,7 +136,19 @@ class _Run:
         return f"cycle {self.ev.cycle[e]}, {t.queue} instruction {t.index}{rep} `{_text(t.instruction)}`\n{context}\n"
 
     # -- the four steps --------------------------------------------------------------------------------------
-    def run(self, inputs: dict[str, np.ndarray], run_checks: bool) -> Result:
+    def c2c_queues(self, op: Opcode) -> dict:
+        """C2C queue -> issue cycles of its `op` events, in order."""
+        out: dict = {}
+        for e in np.flatnonzero(self.ops == OP_INDEX[op]).tolist():
+            out.setdefault(self.ev.templates[self.ev.template[e]].queue, []).append(e)
+        return {q: np.array(sorted(es, key=lambda e: self.ev.cycle[e])) for q, es in out.items()}
+
+    def run(self, inputs: dict[str, np.ndarray], run_checks: bool, received: dict | None = None) -> Result:
+        """`received`: C2C queue -> [vectors, lanes] uint8 delivered to its receives, in order (systems only)."""
+        self.received_planes = np.zeros((len(self.ev), self.chip.lanes.lanes), np.uint8)
+        for q, events in self.c2c_queues(Opcode.RECEIVE).items():
+            self.received_planes[events] = received[q]
+        self.sent_planes = np.zeros((len(self.ev), self.chip.lanes.lanes), np.uint8)
         edges = hazards.Edges()
         self.mem, mem_violation = hazards.check_mem(self.ev, self.chip, self.ops, edges, self.describe)
         mxm = np.flatnonzero(np.isin(self.ops, [OP_INDEX[o] for o in MXM_OPS]))
@@ -148,7 +165,9 @@ class _Run:
         machine = Machine(self)
         self._execute(machine, level)
         machine.commit_writes()
-        return self._result(initial if run_checks else None, int(level.max()) + 1 if len(level) else 0)
+        result = self._result(initial if run_checks else None, int(level.max()) + 1 if len(level) else 0)
+        result.sent.update({q: self.sent_planes[e] for q, e in self.c2c_queues(Opcode.SEND).items()})
+        return result
 
     def _wire(self, edges: hazards.Edges) -> tuple[np.ndarray, hazards.Violation | None]:
         positions = Geometry.of(self.chip).positions
@@ -319,4 +338,6 @@ _EXECUTORS = {
     Opcode.IW: Machine.iw,
     Opcode.ABC: Machine.abc,
     Opcode.ACC: Machine.acc_,
+    Opcode.SEND: Machine.send,
+    Opcode.RECEIVE: Machine.receive,
 }

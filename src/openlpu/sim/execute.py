@@ -171,3 +171,11 @@ class Machine:
                 value = nx.accumulate(value, self.products[a], dtype)
             out = DType.INT32 if dtype is DType.INT8 else DType.FP32
             self.output(np.array([e]), nx.values_to_planes(value[None, :], out))
+
+    # -- C2C ---------------------------------------------------------------------------------------------------
+    def send(self, events: np.ndarray, ins: Instruction) -> None:
+        """The vector leaves on the link; the system simulation delivers it to the peer's receive."""
+        self.s.sent_planes[events] = self.inputs(events, 0, 1)[:, 0]
+
+    def receive(self, events: np.ndarray, ins: Instruction) -> None:
+        self.output(events, self.s.received_planes[events][:, None, :])

@@ -56,7 +56,7 @@ from openlpu.hardware.chip import Chip, load_chip
 from openlpu.hardware.geometry import Geometry
 from openlpu.isa.asm import format_instruction
 from openlpu.isa.instruction import Instruction
-from openlpu.isa.opcodes import ICU_OPS, MEM_OPS, VXM_BINARY, VXM_UNARY, Opcode
+from openlpu.isa.opcodes import C2C_OPS, ICU_OPS, MEM_OPS, VXM_BINARY, VXM_UNARY, Opcode
 from openlpu.isa.program import Program
 from openlpu.isa.types import Direction, DType, QueueId, Unit
 from openlpu.sim import checks, memory, semantics, validate
@@ -102,6 +102,9 @@ def simulate_reference(
     """Run `program` one cycle at a time; the contract of `engine.simulate`."""
     chip = chip or load_chip(program.chip or "groqchip1")
     _validate(program, chip)
+    if any(ins.op in C2C_OPS for _, instrs in program.queues for ins in instrs):
+        raise ProgramError(f"program {program.name} sends or receives over chip-to-chip links; the reference "
+                           "simulates one chip")
     machine = _Machine(program, chip, keep_going)
     initial = machine.load(inputs or {})
     machine.run()
@@ -700,7 +703,7 @@ _EXECUTE = {
     Opcode.ACC: _Machine.exec_acc,
 }
 
-assert set(_EXECUTE) == set(Opcode) - ICU_OPS
+assert set(_EXECUTE) == set(Opcode) - ICU_OPS - C2C_OPS  # chip-to-chip traffic runs in openlpu.system only
 
 
 def _validate(program: Program, chip: Chip) -> None:

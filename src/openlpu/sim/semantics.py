@@ -10,7 +10,7 @@ from functools import reduce
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Geometry
 from openlpu.isa.instruction import Instruction
-from openlpu.isa.opcodes import LATENCY_FIELD, MEM_OPS, MXM_OPS, SXM_OPS, VXM_OPS, Opcode
+from openlpu.isa.opcodes import C2C_OPS, LATENCY_FIELD, MEM_OPS, MXM_OPS, SXM_OPS, VXM_OPS, Opcode
 from openlpu.isa.types import Direction, QueueId, StreamRef, Unit
 from openlpu.sim.validate import inbound, lw_rows
 
@@ -28,6 +28,7 @@ class Phase(enum.IntEnum):
     IW = 5
     LW = 6
     MEM_WRITE = 7
+    C2C = 8
 
 
 PHASE: dict[Opcode, Phase] = {
@@ -41,6 +42,8 @@ PHASE: dict[Opcode, Phase] = {
     Opcode.ABC: Phase.ABC,
     Opcode.IW: Phase.IW,
     Opcode.LW: Phase.LW,
+    Opcode.SEND: Phase.C2C,
+    Opcode.RECEIVE: Phase.C2C,
 }
 
 
@@ -60,7 +63,7 @@ def position(geo: Geometry, chip: Chip, q: QueueId) -> int:
         return geo.vxm_rank(q.index % chip.vxm.ranks)
     if q.unit is Unit.SXM:
         return geo.sxm(q.hemisphere)
-    return geo.mxm(q.hemisphere)
+    return geo.mxm(q.hemisphere)  # the MXM and the chip-to-chip links share each hemisphere's outer edge
 
 
 def _group(ref: StreamRef, width: int) -> list[tuple[Direction, int]]:
@@ -70,7 +73,7 @@ def _group(ref: StreamRef, width: int) -> list[tuple[Direction, int]]:
 def stream_reads(chip: Chip, q: QueueId, ins: Instruction) -> list[tuple[Direction, int]]:
     """Streams read at issue, in operand order (a, b, c / map first for Gather and Scatter), low byte first."""
     op, w = ins.op, ins.dtype.width_bytes if ins.dtype else 1
-    if op is Opcode.WRITE:
+    if op in (Opcode.WRITE, Opcode.SEND):
         return _group(ins.a, 1)
     if op is Opcode.GATHER:
         return _group(ins.map, 2)
@@ -92,7 +95,7 @@ def stream_reads(chip: Chip, q: QueueId, ins: Instruction) -> list[tuple[Directi
 def stream_writes(ins: Instruction) -> list[tuple[Direction, int]]:
     """Streams written `latency` cycles after issue, low byte first."""
     op = ins.op
-    if op in (Opcode.READ, Opcode.GATHER):
+    if op in (Opcode.READ, Opcode.GATHER, Opcode.RECEIVE):
         return _group(ins.out, 1)
     if op is Opcode.ACC:
         return _group(ins.out, 4)
@@ -118,4 +121,4 @@ def advance_step(chip: Chip, ins: Instruction) -> int:
     return 0
 
 
-assert all(op in PHASE for op in MXM_OPS | SXM_OPS | VXM_OPS | MEM_OPS)
+assert all(op in PHASE for op in MXM_OPS | SXM_OPS | VXM_OPS | MEM_OPS | C2C_OPS)

@@ -28,6 +28,7 @@ def check_queue(chip: Chip, q: QueueId) -> None:
         Unit.VXM: chip.vxm.alus,
         Unit.MXM: chip.icu.mxm_queues_per_hemisphere,
         Unit.SXM: chip.sxm.queues_per_hemisphere,
+        Unit.C2C: chip.c2c.links // 2,
     }
     if not 0 <= q.index < limits[q.unit]:
         raise ProgramError(f"queue {q}: index {q.index} is outside 0..{limits[q.unit] - 1} on chip {chip.name}")
@@ -62,6 +63,12 @@ def _check(chip: Chip, q: QueueId, ins: Instruction) -> None:
         _check_mxm(chip, q, ins)
     elif ins.op in SXM_OPS:
         _check_sxm(chip, ins)
+    elif ins.op is Opcode.SEND and ins.a.direction is not inbound(q.hemisphere):
+        raise ProgramError(f"a link at the {q.hemisphere.value} edge sends {inbound(q.hemisphere).value}-flowing "
+                           "streams (those arriving at the edge)")
+    elif ins.op is Opcode.RECEIVE and ins.out.direction is not outbound(q.hemisphere):
+        raise ProgramError(f"a link at the {q.hemisphere.value} edge receives onto "
+                           f"{outbound(q.hemisphere).value}-flowing streams (those leaving the edge)")
 
 
 def _check_streams(chip: Chip, ins: Instruction) -> None:
@@ -79,8 +86,8 @@ def stream_operand_widths(ins: Instruction) -> list[tuple[str, int]]:
     """(operand, stream-group width) for every stream operand of `ins`."""
     w = ins.dtype.width_bytes if ins.dtype else 1
     op = ins.op
-    if op in (Opcode.READ, Opcode.WRITE):
-        return [("out" if op is Opcode.READ else "a", 1)]
+    if op in (Opcode.READ, Opcode.WRITE, Opcode.SEND, Opcode.RECEIVE):
+        return [("out" if op in (Opcode.READ, Opcode.RECEIVE) else "a", 1)]
     if op in (Opcode.GATHER, Opcode.SCATTER):
         return [("map", 2), ("out" if op is Opcode.GATHER else "a", 1)]
     if op is Opcode.CAST:
