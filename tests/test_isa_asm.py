@@ -13,8 +13,24 @@ from hypothesis import strategies as st
 from openlpu.errors import AssemblyError, ProgramError, UserError
 from openlpu.hardware.geometry import Hemisphere
 from openlpu.isa import (
-    Check, CheckMode, Direction, DType, Init, InitKind, Instruction, Opcode, Placement, Program, QueueId,
-    StreamRef, Tensor, Unit, load_program, make_program, parse_program, print_program,
+    Check,
+    CheckMode,
+    Direction,
+    DType,
+    Init,
+    InitKind,
+    Instruction,
+    Opcode,
+    Placement,
+    Program,
+    QueueId,
+    StreamRef,
+    Tensor,
+    Unit,
+    load_program,
+    make_program,
+    parse_program,
+    print_program,
 )
 from openlpu.isa.asm import FIELDS
 from openlpu.isa.opcodes import FAMILY, FAMILY_UNIT, OPERANDS, Family

@@ -59,7 +59,8 @@ def test_fp16_matmul_is_deterministic():
 @pytest.mark.parametrize(
     "a, b, dtype, message",
     [
-        (np.ones((2, 3)), np.ones((4, 5)), DType.INT8, "matmul: shapes (2, 3) and (4, 5) do not chain as [M, K] x [K, N]"),
+        (np.ones((2, 3)), np.ones((4, 5)), DType.INT8,
+         "matmul: shapes (2, 3) and (4, 5) do not chain as [M, K] x [K, N]"),
         (np.ones((2, 3)), np.ones((3, 5)), DType.FP32, "matmul: the MXM multiplies int8 or fp16, not fp32"),
     ],
 )

@@ -10,9 +10,9 @@ from openlpu.hardware import load_chip
 from openlpu.isa.asm import parse_program
 from openlpu.isa.opcodes import LATENCY_FIELD, Opcode
 from openlpu.sim import simulate
-from openlpu.sim.semantics import PHASE, latency
-from openlpu.sim.execute import Machine
 from openlpu.sim.engine import _EXECUTORS
+from openlpu.sim.execute import Machine
+from openlpu.sim.semantics import PHASE, latency
 
 CHIP = load_chip("groqchip1")
 

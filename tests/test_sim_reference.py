@@ -48,7 +48,7 @@ EXAMPLES = Path(__file__).parents[1] / "src" / "openlpu" / "examples"
 def _fast(program, chip, inputs):
     try:
         return simulate(program, chip, inputs)
-    except Exception as e:  # noqa: BLE001 - a crash of the fast engine is a disagreement, reported by `agree`
+    except Exception as e:
         return e
 
 
@@ -886,7 +886,7 @@ def pipelines(draw):
     if draw(st.integers(0, 5)) == 0:
         program = with_config_and_sync(program, notify_at=draw(st.integers(1, 4)))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    mask = lambda t: op is Opcode.SELECT and t.name == "a"  # noqa: E731
+    mask = lambda t: op is Opcode.SELECT and t.name == "a"
     inputs = {t.name: rng.integers(0, 2, (t.rows, t.cols)).astype(t.dtype.numpy) if mask(t) else
               values(rng, t.dtype, (t.rows, t.cols)) for t in program.tensors}
     return program, inputs

@@ -23,8 +23,8 @@ Those checks are `~=` with exactly these tolerances.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 
@@ -246,7 +246,7 @@ def _build(chip: Chip, op: Opcode, dtype: DType, operands: list[np.ndarray], imm
         for offset, count in _segments(m, ways, way, z.column_blocks(lanes)):
             loads = [Load(rows_of(t, lanes, way=way).skip(offset), ref) for t, ref in zip(inputs, refs)]
 
-            def schedule(pb: ProgramBuilder, start: int, loads=loads, count=count) -> Flow:
+            def schedule(pb: ProgramBuilder, start: int, loads=loads, count=count, index=index) -> Flow:
                 return alu(pb, index, op, dtype, count, list(loads), loads[0].ref, imm=imm, start=start)
 
             flow = schedule(b, earliest(chip, schedule) + offset)

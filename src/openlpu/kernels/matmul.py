@@ -90,7 +90,7 @@ def matmul(chip: Chip, a: np.ndarray, b: np.ndarray, dtype: DType, *, name: str 
 
 def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: np.ndarray, n: int) -> dict:
     chip, lanes = builder.chip, s.lanes
-    w, rows = s.dtype.width_bytes, lw_rows(chip, s.dtype)
+    rows = lw_rows(chip, s.dtype)
     n_tiles = math.ceil(n / lanes)
     b_slice = chip.mem.slices_per_hemisphere - chip.streams.streams_per_direction
     if b_slice < C_SLICE + 4:

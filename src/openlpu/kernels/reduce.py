@@ -33,8 +33,8 @@ streams W0 and E0-E16; feeds and finishes use the other ALUs and the streams nam
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

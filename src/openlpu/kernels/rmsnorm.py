@@ -25,8 +25,21 @@ from openlpu.kernels.builder import ProgramBuilder, vxm_queue
 from openlpu.kernels.elementwise import Flow, Load, Rows, alu, earliest, read, rows_of, write
 from openlpu.kernels.kernel import Kernel
 from openlpu.kernels.reduce import (
-    AUX_IN, AUX_SLICE, F32, OUT_SLICE, PARTIAL_IN, ROW_IN, ROW_SLICES, X_IN, X_SLICE, RowReduction,
-    check_fp32, partials, reduce_rows, tensor, tree_depth,
+    AUX_IN,
+    AUX_SLICE,
+    F32,
+    OUT_SLICE,
+    PARTIAL_IN,
+    ROW_IN,
+    ROW_SLICES,
+    X_IN,
+    X_SLICE,
+    RowReduction,
+    check_fp32,
+    partials,
+    reduce_rows,
+    tensor,
+    tree_depth,
 )
 
 SCALE_BACK = StreamRef(Direction.W, 4)  # mean and mean + eps, flowing back west from rank 3 to rank 1

@@ -23,8 +23,23 @@ from openlpu.kernels.builder import ProgramBuilder
 from openlpu.kernels.elementwise import Flow, Load, Rows, alu, earliest, rows_of, write
 from openlpu.kernels.kernel import Kernel
 from openlpu.kernels.reduce import (
-    AUX_IN, BACK, F32, OUT_SLICE, PARTIAL_IN, ROW_IN, ROW_SLICES, X_IN, X_SLICE, RowReduction, check_fp32,
-    mask_tensor, partials, plain_feed, reduce_rows, tensor, tree_depth,
+    AUX_IN,
+    BACK,
+    F32,
+    OUT_SLICE,
+    PARTIAL_IN,
+    ROW_IN,
+    ROW_SLICES,
+    X_IN,
+    X_SLICE,
+    RowReduction,
+    check_fp32,
+    mask_tensor,
+    partials,
+    plain_feed,
+    reduce_rows,
+    tensor,
+    tree_depth,
 )
 
 

@@ -112,7 +112,7 @@ class _Run:
 
     def __init__(self, program: Program, chip: Chip) -> None:
         self.program, self.chip = program, chip
-        _validate(program, chip)
+        validate.check_program(program, chip)
         self.timeline = timing.expand(program, chip)
         self.ev = events_mod.build(self.timeline, chip)
         self.ops = np.array([OP_INDEX[t.instruction.op] for t in self.ev.templates], np.int64)[self.ev.template] \
@@ -286,24 +286,6 @@ def _text(ins) -> str:
     return format_instruction(ins)
 
 
-def _validate(program: Program, chip: Chip) -> None:
-    for q, instrs in program.queues:
-        validate.check_queue(chip, q)
-        for i, ins in enumerate(instrs):
-            validate.check_instruction(chip, q, i, ins)
-    names = [t.name for t in program.tensors]
-    if len(set(names)) != len(names):
-        raise ProgramError(f"program {program.name}: tensor names repeat: {names}")
-    for t in program.tensors:
-        memory.check_tensor(t, chip)
-    clash = memory.overlaps(program.tensors, chip)
-    if clash:
-        raise ProgramError(f"tensors {clash[0]} and {clash[1]} overlap in SRAM; move one to other slices/addresses")
-    for c in program.checks:
-        if c.target not in names:
-            raise ProgramError(f"check on unknown tensor {c.target!r}; tensors are {names}")
-
-
 def _levels(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Dependency level of every event: 0 with no producer, else one more than its deepest producer.
 
@@ -319,7 +301,8 @@ def _levels(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     while len(frontier):
         level[frontier] = depth
         counts = start[frontier + 1] - start[frontier]
-        idx = np.repeat(start[frontier] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+        offsets = start[frontier] - np.concatenate([[0], np.cumsum(counts)[:-1]])
+        idx = np.repeat(offsets, counts) + np.arange(counts.sum())  # every out-edge of the frontier
         targets = dst[idx]
         waiting -= np.bincount(targets, minlength=n)
         frontier = np.unique(targets[waiting[targets] == 0])

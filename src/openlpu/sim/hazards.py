@@ -14,8 +14,8 @@ dataflow graph, one NumPy step per opcode and dependency level, however many cyc
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

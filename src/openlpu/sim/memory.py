@@ -6,7 +6,6 @@ slices cost nothing.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from openlpu.errors import ProgramError

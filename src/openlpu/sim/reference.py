@@ -708,24 +708,11 @@ assert set(_EXECUTE) == set(Opcode) - ICU_OPS - C2C_OPS  # chip-to-chip traffic 
 
 def _validate(program: Program, chip: Chip) -> None:
     """The engine's static checks, plus: every Repeat follows an instruction it can re-issue."""
+    validate.check_program(program, chip)
     for q, instrs in program.queues:
-        validate.check_queue(chip, q)
         issued = False
         for i, ins in enumerate(instrs):
-            validate.check_instruction(chip, q, i, ins)
             if ins.op is Opcode.REPEAT and not issued:
                 raise ProgramError(f"{q} instruction {i} `repeat`: nothing to repeat; put it after the "
                                    "instruction it re-issues")
             issued |= ins.op not in ICU_OPS
-    names = [t.name for t in program.tensors]
-    if len(set(names)) != len(names):
-        raise ProgramError(f"program {program.name}: tensor names repeat: {names}")
-    for t in program.tensors:
-        memory.check_tensor(t, chip)
-    clash = memory.overlaps(program.tensors, chip)
-    if clash:
-        raise ProgramError(f"tensors {clash[0]} and {clash[1]} overlap in SRAM; move one to other slices or "
-                           "addresses")
-    for c in program.checks:
-        if c.target not in names:
-            raise ProgramError(f"check on unknown tensor {c.target!r}; tensors are {names}")

@@ -9,8 +9,20 @@ from openlpu.errors import ProgramError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Hemisphere
 from openlpu.isa.instruction import Instruction
-from openlpu.isa.opcodes import FAMILY_UNIT, ICU_OPS, MXM_OPS, SXM_OPS, VXM_LARGE_ONLY, VXM_OPS, VXM_TRANSCENDENTAL, Family, Opcode
+from openlpu.isa.opcodes import (
+    FAMILY_UNIT,
+    ICU_OPS,
+    MXM_OPS,
+    SXM_OPS,
+    VXM_LARGE_ONLY,
+    VXM_OPS,
+    VXM_TRANSCENDENTAL,
+    Family,
+    Opcode,
+)
+from openlpu.isa.program import Program
 from openlpu.isa.types import Direction, DType, QueueId, StreamRef, Unit
+from openlpu.sim import memory
 
 
 def inbound(h: Hemisphere) -> Direction:
@@ -20,6 +32,25 @@ def inbound(h: Hemisphere) -> Direction:
 
 def outbound(h: Hemisphere) -> Direction:
     return Direction.E if h is Hemisphere.W else Direction.W
+
+
+def check_program(program: Program, chip: Chip) -> None:
+    """Every static rule: queues, instructions, tensors inside the SRAM and apart, checks on known tensors."""
+    for q, instrs in program.queues:
+        check_queue(chip, q)
+        for i, ins in enumerate(instrs):
+            check_instruction(chip, q, i, ins)
+    names = [t.name for t in program.tensors]
+    if len(set(names)) != len(names):
+        raise ProgramError(f"program {program.name}: tensor names repeat: {names}")
+    for t in program.tensors:
+        memory.check_tensor(t, chip)
+    clash = memory.overlaps(program.tensors, chip)
+    if clash:
+        raise ProgramError(f"tensors {clash[0]} and {clash[1]} overlap in SRAM; move one to other slices/addresses")
+    for c in program.checks:
+        if c.target not in names:
+            raise ProgramError(f"check on unknown tensor {c.target!r}; tensors are {names}")
 
 
 def check_queue(chip: Chip, q: QueueId) -> None:

@@ -68,7 +68,8 @@ def _match_transfers(system: System, runs: list[_Run]) -> list[tuple[Endpoint, E
             _check_link(run, send, run.ev.cycle[events], recv, receives.pop(recv, np.zeros(0, np.int64)))
             pairs.append((send, recv))
     for recv, cycles in receives.items():
-        raise ScheduleError(f"{recv} receives at cycle {cycles[0]}, but nothing is ever sent to it", cycle=int(cycles[0]))
+        raise ScheduleError(f"{recv} receives at cycle {cycles[0]}, but nothing is ever sent to it",
+                            cycle=int(cycles[0]))
     return pairs
 
 
