@@ -27,7 +27,9 @@ def _rmsnorm(x, w, eps=1e-5):
 
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    """The logistic function in float64, written without cancellation for large negative x."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 FUNCTIONS = {
