@@ -32,21 +32,19 @@ def planes_to_values(planes: np.ndarray, dtype: DType) -> np.ndarray:
     w = dtype.width_bytes
     if w == 1:
         return planes[..., 0, :].view(dtype.numpy)
-    wide = np.uint16 if w == 2 else np.uint32
-    word = planes[..., 0, :].astype(wide)
-    for b in range(1, w):
-        word |= planes[..., b, :].astype(wide) << (8 * b)
-    return word.view(dtype.numpy)
+    raw = np.empty(planes.shape[:-2] + (planes.shape[-1], w), np.uint8)
+    for b in range(w):
+        raw[..., b] = planes[..., b, :]
+    return raw.view(dtype.numpy)[..., 0]
 
 
 def values_to_planes(values: np.ndarray, dtype: DType) -> np.ndarray:
     """[..., lanes] values -> [..., w, lanes] uint8 byte planes."""
     w = dtype.width_bytes
-    word = np.ascontiguousarray(values.astype(dtype.numpy)).view(np.uint8 if w == 1 else np.uint16 if w == 2
-                                                                 else np.uint32)
+    raw = np.ascontiguousarray(values.astype(dtype.numpy)).view(np.uint8).reshape(*values.shape, w)
     out = np.empty(values.shape[:-1] + (w, values.shape[-1]), np.uint8)
     for b in range(w):
-        out[..., b, :] = word >> (8 * b) if b else word
+        out[..., b, :] = raw[..., b]
     return out
 
 
