@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from openlpu.errors import ProgramError
+from openlpu.errors import InternalError, ProgramError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Geometry
 from openlpu.isa.program import Init, InitKind, Tensor
@@ -92,27 +92,25 @@ def _slab(t: Tensor, chip: Chip) -> tuple[slice, slice] | None:
     return slice(first, first + p.interleave * t.dtype.width_bytes), slice(p.address, p.address + depth)
 
 
-def _planes(t: Tensor, values: np.ndarray, chip: Chip) -> np.ndarray:
-    """[rows, cols] -> [interleave * w, blocks * rows_per_group, lanes] in slab order."""
+def store(sram: np.ndarray, t: Tensor, values: np.ndarray, chip: Chip) -> None:
     lanes, g, w = chip.lanes.lanes, t.placement.interleave, t.dtype.width_bytes
     blocks = t.column_blocks(lanes)
     padded = np.zeros((t.rows, blocks * lanes), t.dtype.numpy)
     padded[:, : t.cols] = values
-    planes = values_to_planes(padded.reshape(t.rows // g, g, blocks, lanes), t.dtype)  # [rpg, g, blocks, w, L]
-    return planes.transpose(1, 3, 2, 0, 4).reshape(g * w, blocks * (t.rows // g), lanes)
-
-
-def store(sram: np.ndarray, t: Tensor, values: np.ndarray, chip: Chip) -> None:
     slab = _slab(t, chip)
-    if slab is not None:
-        sram[slab] = _planes(t, values, chip)
+    if slab is None:
+        slices, addresses = tensor_locations(t, chip)
+        planes = values_to_planes(padded.reshape(t.rows, -1, lanes), t.dtype)  # [rows, blocks, w, lanes]
+        sram[slices, addresses[:, :, None]] = planes
         return
-    lanes = chip.lanes.lanes
-    slices, addresses = tensor_locations(t, chip)
-    padded = np.zeros((t.rows, t.column_blocks(lanes) * lanes), t.dtype.numpy)
-    padded[:, : t.cols] = values
-    planes = values_to_planes(padded.reshape(t.rows, -1, lanes), t.dtype)  # [rows, blocks, w, lanes]
-    sram[slices, addresses[:, :, None]] = planes
+    # One strided copy per byte plane, straight into the slab: row i*g + k, block j -> slice k*w + b,
+    # address j * rows_per_group + i.
+    raw = padded.view(np.uint8).reshape(t.rows // g, g, blocks, lanes, w)
+    target = sram[slab].reshape(g, w, blocks, t.rows // g, lanes)
+    if not np.shares_memory(target, sram):  # pragma: no cover - reshape of this slab view never copies
+        raise InternalError(f"tensor {t.name}: SRAM slab is not a view")
+    for b in range(w):
+        target[:, b] = raw[..., b].transpose(1, 2, 0, 3)
 
 
 def load(sram: np.ndarray, t: Tensor, chip: Chip) -> np.ndarray:
