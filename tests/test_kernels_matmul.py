@@ -41,6 +41,18 @@ def test_matmul_matches_numpy_and_prediction(shape, dtype):
         assert np.all(np.abs(out - exact) <= bound)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [DType.INT8, DType.FP16], ids=lambda d: d.value)
+def test_fast_path_is_bit_identical(shape, dtype):
+    m, k, n = shape
+    rng = np.random.default_rng(abs(hash((shape, dtype.value, "fast"))) % 2**32)
+    kernel = matmul(CHIP, *_inputs(rng, m, k, n, dtype), dtype)
+    (fast, cycles), (exact, result) = kernel.run_fast(), kernel.run(CHIP)
+    assert cycles == result.cycles
+    assert fast.dtype == exact.dtype and fast.shape == exact.shape
+    assert np.ascontiguousarray(fast).tobytes() == np.ascontiguousarray(exact).tobytes()
+
+
 def test_int8_accumulation_wraps_like_int32():
     a = np.full((1, 640), 127)
     b = np.full((640, 1), 127)

@@ -31,6 +31,7 @@ from openlpu.isa.program import Check, CheckMode, Placement, Tensor
 from openlpu.isa.types import DType, StreamRef
 from openlpu.kernels.builder import ProgramBuilder, mem_queue, mxm_queue
 from openlpu.kernels.kernel import Kernel
+from openlpu.sim import numerics as nx
 from openlpu.sim.validate import inbound, lw_rows, outbound
 
 #: MEM slices (counted from the VXM outward) each operand uses in a hemisphere: A's byte planes next to the VXM,
@@ -80,12 +81,32 @@ def matmul(chip: Chip, a: np.ndarray, b: np.ndarray, dtype: DType, *, name: str 
             cols = slice(mine[0] * shape.lanes, min(shape.n, (mine[-1] + 1) * shape.lanes))
             parts.append((h, cols))
             inputs.update(_half(builder, shape, h, a, b[:, cols], cols.stop - cols.start))
+    halves = [h.value for h, _ in parts]
     return Kernel(
         program=builder.build(),
         predicted_cycles=builder.predicted_cycles(),
         inputs=inputs,
-        assemble=lambda t: np.concatenate([t[f"c_{h.value}"] for h, _ in parts], axis=1),
+        assemble=lambda t: np.concatenate([t[f"c_{h}"] for h in halves], axis=1),
+        fast=lambda x: np.concatenate([_fast(shape, x[f"a_{h}"], x[f"b_{h}"]) for h in halves], axis=1),
     )
+
+
+def _fast(s: _Shape, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """What one hemisphere's MXM computes, pass by pass: each 320-deep pass with `mxm_pass`, passes folded into
+    the accumulator in K order, rows in blocks of `slots` as the schedule does."""
+    lanes, n = s.lanes, b.shape[1]
+    w = np.zeros((s.k_padded, math.ceil(n / lanes) * lanes), b.dtype)
+    w[:, :n] = b
+    out = np.empty((s.m, w.shape[1]), s.out_dtype.numpy)
+    for m0 in range(0, s.m, s.slots):
+        rows = slice(m0, m0 + s.slots)
+        for n0 in range(0, w.shape[1], lanes):
+            acc = None
+            for k0 in range(0, s.k_padded, lanes):
+                product = nx.mxm_pass(a[rows, k0:k0 + lanes], w[k0:k0 + lanes, n0:n0 + lanes], s.dtype)
+                acc = product if acc is None else nx.accumulate(acc, product, s.dtype)
+            out[rows, n0:n0 + lanes] = acc
+    return out[:, :n]
 
 
 def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: np.ndarray, n: int) -> dict:
