@@ -272,3 +272,20 @@ def test_plan_embedded_model() -> None:
     data = json.loads(result.stdout)
     assert data["chips"] == 2
     assert [c["layers"] for c in data["per_chip"]] == [[0, 15], [15, 30]]
+
+
+def test_verify_reports_cycles_without_running(tmp_path):
+    from importlib import resources
+
+    example = resources.files("openlpu") / "examples" / "vadd.s"
+    result = runner.invoke(app, ["verify", str(example), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["cycles"] == 47
+    text = runner.invoke(app, ["verify", str(example)])
+    assert text.exit_code == 0 and "is legal; 47 cycles" in text.output
+    broken = tmp_path / "broken.s"
+    broken.write_text(".program p\n.queue vxm.0\n    nop n=5\n    copy dtype=int8 a=E0 out=E4\n")
+    bad = runner.invoke(app, ["verify", str(broken)])
+    assert bad.exit_code == 2
+    assert "read of stream E0 holding no value at vxm rank 0 in cycle 5" in bad.output
+    assert "Traceback" not in bad.output

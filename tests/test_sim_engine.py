@@ -222,3 +222,15 @@ def test_every_opcode_is_in_every_table():
             assert op in PHASE and op in _EXECUTORS
             assert latency(CHIP, op) >= (0 if op in (Opcode.LW, Opcode.SEND) else 1)
     assert all(callable(f) and f.__qualname__.startswith(Machine.__name__) for f in _EXECUTORS.values())
+
+
+def test_verify_checks_timing_without_running():
+    from openlpu.sim import verify
+
+    checked = verify(parse_program(COPY), CHIP)
+    assert checked.cycles == run(COPY).cycles
+    assert checked.to_json()["utilisation"] == run(COPY).utilisation
+    with pytest.raises(ScheduleError) as info:
+        verify(parse_program(COPY.replace("    nop n=4\n", "    nop n=3\n")), CHIP)
+    assert str(info.value).startswith("read of stream E0 holding no value at vxm rank 0 in cycle 3:")
+    assert info.value.cycle == 3

@@ -25,7 +25,7 @@ from openlpu.errors import UserError
 from openlpu.hardware.chip import Chip, load_chip, preset_names
 from openlpu.isa.asm import load_program
 from openlpu.isa.program import Program
-from openlpu.sim.engine import Result, simulate
+from openlpu.sim.engine import Result, simulate, verify
 
 DEFAULT_CHIP = "groqchip1"
 USER_ERROR_EXIT = 2
@@ -210,6 +210,22 @@ def run(
         _print_result(r)
     if not r.checks_passed:
         raise typer.Exit(CHECK_FAILED_EXIT)
+
+
+@app.command("verify")
+def verify_command(
+    program: Annotated[Path, typer.Argument(metavar="PROGRAM.s", help="Assembly file to check.")],
+    chip: ChipOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check a program's every static and timing rule without running it (exit code 2 on the first violation)."""
+    p = load_program(program)
+    v = verify(p, _chip_for(p, chip))
+    if as_json:
+        _print_json(v.to_json())
+        return
+    out.print(Text.assemble(("ok", "bold green"), f": {v.program} on {v.chip.name} is legal; {v.cycles:,} cycles "
+                            f"({_micros(v.cycles, v.chip.clock_hz)} µs), {v.events:,} instructions issued"))
 
 
 # -------------------------------------------------------------------------------------------------- demo

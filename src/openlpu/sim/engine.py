@@ -89,6 +89,37 @@ def simulate(
     return run.run(inputs or {}, run_checks)
 
 
+@dataclass(frozen=True)
+class Verified:
+    """What a program's timing alone determines: its length and unit use. Its data was not computed."""
+
+    program: str
+    chip: Chip = field(repr=False)
+    cycles: int
+    instructions: int
+    events: int
+    utilisation: dict[str, float]
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / self.chip.clock_hz
+
+    def to_json(self) -> dict:
+        return {"program": self.program, "chip": self.chip.name, "cycles": self.cycles, "seconds": self.seconds,
+                "instructions": self.instructions, "events": self.events, "utilisation": self.utilisation}
+
+
+def verify(program: Program, chip: Chip | None = None) -> Verified:
+    """Check `program` without running it: every static rule and every timing rule (streams, banks, MXM order,
+    latencies) — everything `simulate` checks except data-dependent Gather/Scatter addresses. Raises the first
+    violation; returns the cycle count and utilisation, which timing alone decides."""
+    chip = chip or load_chip(program.chip or "groqchip1")
+    run = _Run(program, chip)
+    run.verify()
+    return Verified(program=program.name, chip=chip, cycles=run._cycles(), instructions=program.instruction_count,
+                    events=len(run.ev), utilisation=run._utilisation())
+
+
 class _Tensors(Mapping):
     """The program's tensors read back from the final SRAM, each on first access."""
 
@@ -143,12 +174,8 @@ class _Run:
             out.setdefault(self.ev.templates[self.ev.template[e]].queue, []).append(e)
         return {q: np.array(sorted(es, key=lambda e: self.ev.cycle[e])) for q, es in out.items()}
 
-    def run(self, inputs: dict[str, np.ndarray], run_checks: bool, received: dict | None = None) -> Result:
-        """`received`: C2C queue -> [vectors, lanes] uint8 delivered to its receives, in order (systems only)."""
-        self.received_planes = np.zeros((len(self.ev), self.chip.lanes.lanes), np.uint8)
-        for q, events in self.c2c_queues(Opcode.RECEIVE).items():
-            self.received_planes[events] = received[q]
-        self.sent_planes = np.zeros((len(self.ev), self.chip.lanes.lanes), np.uint8)
+    def verify(self) -> hazards.Edges:
+        """Every timing check (raising the earliest violation), and the dependency edges between events."""
         edges = hazards.Edges()
         self.mem, mem_violation = hazards.check_mem(self.ev, self.chip, self.ops, edges, self.describe)
         mxm = np.flatnonzero(np.isin(self.ops, [OP_INDEX[o] for o in MXM_OPS]))
@@ -159,6 +186,15 @@ class _Run:
         first = hazards.earliest(mem_violation, self.mxm.violation, stream_violation)
         if first is not None:
             raise ScheduleError(first[1], cycle=first[0])
+        return edges
+
+    def run(self, inputs: dict[str, np.ndarray], run_checks: bool, received: dict | None = None) -> Result:
+        """`received`: C2C queue -> [vectors, lanes] uint8 delivered to its receives, in order (systems only)."""
+        self.received_planes = np.zeros((len(self.ev), self.chip.lanes.lanes), np.uint8)
+        for q, events in self.c2c_queues(Opcode.RECEIVE).items():
+            self.received_planes[events] = received[q]
+        self.sent_planes = np.zeros((len(self.ev), self.chip.lanes.lanes), np.uint8)
+        edges = self.verify()
         level = _levels(len(self.ev), *edges.arrays())
         initial = self._load(inputs)
         self.pool = np.zeros((len(self.ev.writes.cycle), self.chip.lanes.lanes), np.uint8)
