@@ -168,3 +168,48 @@ def test_the_reference_simulator_agrees():
         fast, slow = kernel.run(CHIP)[1], simulate_reference(kernel.program, CHIP, kernel.inputs)
         assert slow.cycles == fast.cycles == kernel.predicted_cycles
         assert all(t.tobytes() == slow.tensors[name].tobytes() for name, t in fast.tensors.items())
+
+
+def _assert_fast_path_is_bit_identical(kernel):
+    (fast, cycles), (exact, result) = kernel.run_fast(), kernel.run(CHIP)
+    assert cycles == result.cycles
+    assert fast.dtype == exact.dtype and fast.shape == exact.shape
+    assert np.array_equal(np.ascontiguousarray(fast).view(np.uint8), np.ascontiguousarray(exact).view(np.uint8))
+
+
+def _with_specials(x: np.ndarray, dtype: DType) -> np.ndarray:
+    """Floats get NaN, +-inf and -0.0 in their first elements (as many as fit), where bit patterns differ most."""
+    if dtype.is_float:
+        specials = np.array([np.nan, np.inf, -np.inf, -0.0])[: x.size]
+        x.flat[: len(specials)] = specials
+    return x
+
+
+#: The simulator's own checks evaluate their NumPy expressions on those specials, which warns.
+QUIET = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@QUIET
+@pytest.mark.parametrize("case", range(len(UNARY_CASES)), ids=lambda i: _name(UNARY_CASES[i]))
+def test_unary_fast_path_is_bit_identical(case):
+    op, dtype = UNARY_CASES[case]
+    x = _values(np.random.default_rng(1000 + case), SHAPES[case % len(SHAPES)], dtype, op)
+    _assert_fast_path_is_bit_identical(unary(CHIP, op, _with_specials(x, dtype), dtype))
+
+
+@QUIET
+@pytest.mark.parametrize("case", range(len(BINARY_CASES)), ids=lambda i: _name(BINARY_CASES[i]))
+def test_binary_fast_path_is_bit_identical(case):
+    op, dtype = BINARY_CASES[case]
+    rng = np.random.default_rng(2000 + case)
+    x, y = (_values(rng, SHAPES[case % len(SHAPES)], dtype) for _ in range(2))
+    _assert_fast_path_is_bit_identical(binary(CHIP, op, _with_specials(x, dtype), y, dtype))
+
+
+@QUIET
+@pytest.mark.parametrize("op", list(BINARY), ids=lambda o: o.value)
+@pytest.mark.parametrize("dtype, imm", [(DType.FP32, 0.1), (DType.FP16, -1.3), (DType.INT32, 7),
+                                        (DType.INT8, -100)], ids=lambda v: getattr(v, "value", str(v)))
+def test_binary_scalar_fast_path_is_bit_identical(op, dtype, imm):
+    x = _values(np.random.default_rng(3500 + list(BINARY).index(op)), (5, 333), dtype)
+    _assert_fast_path_is_bit_identical(binary_scalar(CHIP, op, _with_specials(x, dtype), imm, dtype))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ def _inputs(rng, m, k, n, dtype):
 @pytest.mark.parametrize("dtype", [DType.INT8, DType.FP16], ids=lambda d: d.value)
 def test_matmul_matches_numpy_and_prediction(shape, dtype):
     m, k, n = shape
-    rng = np.random.default_rng(abs(hash((shape, dtype.value))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((shape, dtype.value)).encode()))
     a, b = _inputs(rng, m, k, n, dtype)
     kernel = matmul(CHIP, a, b, dtype)
     out, result = kernel.run(CHIP)
@@ -45,7 +47,7 @@ def test_matmul_matches_numpy_and_prediction(shape, dtype):
 @pytest.mark.parametrize("dtype", [DType.INT8, DType.FP16], ids=lambda d: d.value)
 def test_fast_path_is_bit_identical(shape, dtype):
     m, k, n = shape
-    rng = np.random.default_rng(abs(hash((shape, dtype.value, "fast"))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((shape, dtype.value, "fast")).encode()))
     kernel = matmul(CHIP, *_inputs(rng, m, k, n, dtype), dtype)
     (fast, cycles), (exact, result) = kernel.run_fast(), kernel.run(CHIP)
     assert cycles == result.cycles

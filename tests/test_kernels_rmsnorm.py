@@ -62,3 +62,13 @@ def test_the_reference_simulator_agrees():
     fast, slow = kernel.run(CHIP)[1], simulate_reference(kernel.program, CHIP, kernel.inputs)
     assert slow.cycles == fast.cycles == kernel.predicted_cycles
     assert all(t.tobytes() == slow.tensors[name].tobytes() for name, t in fast.tensors.items())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fast_path_is_bit_identical(shape):
+    rng = np.random.default_rng(80 + SHAPES.index(shape))
+    kernel = rmsnorm(CHIP, rng.uniform(-4, 4, shape), rng.uniform(-2, 2, shape[1]), eps=1e-5)
+    (fast, cycles), (exact, result) = kernel.run_fast(), kernel.run(CHIP)
+    assert cycles == result.cycles
+    assert fast.dtype == exact.dtype and fast.shape == exact.shape
+    assert np.array_equal(np.ascontiguousarray(fast).view(np.uint8), np.ascontiguousarray(exact).view(np.uint8))

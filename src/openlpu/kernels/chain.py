@@ -9,6 +9,7 @@ cycles plus its pipeline depth. Values are fp32 and every operation rounds to fp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -20,7 +21,9 @@ from openlpu.isa.opcodes import VXM_BINARY, VXM_UNARY, Opcode
 from openlpu.isa.program import Check, CheckMode, Placement, Tensor
 from openlpu.isa.types import Direction, DType, StreamRef
 from openlpu.kernels.builder import ProgramBuilder, mem_queue, vxm_queue
+from openlpu.kernels.elementwise import immediate
 from openlpu.kernels.kernel import Kernel
+from openlpu.sim import numerics as nx
 from openlpu.sim.semantics import latency
 
 #: Large ALUs by rank, eastward pass first (ALU id = 4 * row + rank; reference 1.4).
@@ -38,10 +41,11 @@ class Step:
 
     def expr(self, inner: str) -> str:
         names = {Opcode.ADD: "+", Opcode.SUB: "-", Opcode.MUL: "*"}
+        imm = None if self.imm is None else immediate(self.imm, _FP32).item()  # rounded to fp32, as the VXM does
         if self.op in names:
-            return f"fp32({inner} {names[self.op]} {self.imm!r})"
+            return f"fp32({inner} {names[self.op]} {imm!r})"
         if self.op in (Opcode.MAX, Opcode.MIN):
-            return f"fp32({'maximum' if self.op is Opcode.MAX else 'minimum'}({inner}, {self.imm!r}))"
+            return f"fp32({'maximum' if self.op is Opcode.MAX else 'minimum'}({inner}, {imm!r}))"
         if self.op is Opcode.COPY:
             return inner
         if self.op is Opcode.NEG:
@@ -70,7 +74,17 @@ def vxm_chain(chip: Chip, x: np.ndarray, steps: list[Step], *, name: str = "vxm_
         expr = s.expr(expr)
     b.checks.append(Check(target=result.name, mode=CheckMode.EXACT, expr=expr))
     return Kernel(program=b.build(), predicted_cycles=b.predicted_cycles(),
-                  inputs={"x": x.astype(np.float32)}, assemble=lambda tensors: tensors[result.name])
+                  inputs={"x": x.astype(np.float32)}, assemble=lambda tensors: tensors[result.name],
+                  fast=partial(_fast, tuple(steps)))
+
+
+def _fast(steps: tuple[Step, ...], inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The steps in order on the whole tensor, each rounded to fp32 as its ALU does."""
+    x = inputs["x"]
+    for s in steps:
+        x = (nx.vxm_unary(s.op, x, _FP32) if s.imm is None
+             else nx.vxm_binary(s.op, x, immediate(s.imm, _FP32), _FP32))
+    return x
 
 
 def _check_steps(steps: list[Step]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -249,7 +250,21 @@ def _build(chip: Chip, op: Opcode, dtype: DType, operands: list[np.ndarray], imm
     b.checks.append(Check(target="z", mode=CheckMode.EXACT, expr=expr))
     return Kernel(program=b.build(), predicted_cycles=b.predicted_cycles(),
                   inputs={t.name: np.asarray(v).astype(dtype.numpy) for t, v in zip(inputs, operands)},
-                  assemble=lambda t: t["z"])
+                  assemble=lambda t: t["z"], fast=partial(_fast, op, dtype, imm))
+
+
+def _fast(op: Opcode, dtype: DType, imm: float | int | None, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """What the ALUs compute, on the whole tensor at once (each element is independent of the others)."""
+    if op in UNARY_EXPR:
+        return nx.vxm_unary(op, inputs["x"], dtype)
+    second = inputs["y"] if imm is None else immediate(imm, dtype)
+    return nx.vxm_binary(op, inputs["x"], second, dtype)
+
+
+def immediate(value: float | int, dtype: DType) -> np.ndarray:
+    """An instruction's `imm` as the VXM reads it (`openlpu.sim.execute.Machine._imm`): rounded (floats) or
+    wrapped (ints) to `dtype`."""
+    return nx.narrow(np.array(value).astype(np.float64 if dtype.is_float else np.int64), dtype)
 
 
 def _segments(rows: int, ways: int, way: int, blocks: int) -> list[tuple[int, int]]:

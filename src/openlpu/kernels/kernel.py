@@ -23,7 +23,7 @@ class Kernel:
     predicted_cycles: int
     inputs: dict[str, np.ndarray]
     assemble: Callable[[dict[str, np.ndarray]], np.ndarray]
-    fast: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
+    fast: Callable[[dict[str, np.ndarray]], np.ndarray]
 
     def run(self, chip: Chip) -> tuple[np.ndarray, Result]:
         """Simulate on `chip`; returns the kernel's output array and the simulation result."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -48,6 +49,7 @@ from openlpu.isa.types import Direction, DType, QueueId, StreamRef, Unit
 from openlpu.kernels.builder import ProgramBuilder
 from openlpu.kernels.elementwise import Flow, Load, Rows, alu, earliest, group, read, rows_of, write
 from openlpu.kernels.kernel import Kernel
+from openlpu.sim import numerics as nx
 from openlpu.sim import semantics
 
 F32 = DType.FP32
@@ -265,7 +267,13 @@ def _row_reduce(chip: Chip, op: Opcode, x: np.ndarray, name: str) -> Kernel:
     b.checks.append(_sum_check(x, blocks, lanes) if op is Opcode.ADD else
                     Check(target="y", mode=CheckMode.EXACT, expr="rowmax(x)"))
     return Kernel(program=b.build(), predicted_cycles=b.predicted_cycles(), inputs={"x": x, **inputs},
-                  assemble=lambda t: t["y"])
+                  assemble=lambda t: t["y"], fast=partial(_fast, op, lanes))
+
+
+def _fast(op: Opcode, lanes: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The fold and the lane all-reduce; y keeps lane 0 of the broadcast result."""
+    x = padded_blocks(inputs["x"], lanes)
+    return fast_reduce(op, plain_terms(x, inputs.get("mask")), x.shape[1])[:, :1]
 
 
 def _sum_check(x: np.ndarray, blocks: int, lanes: int) -> Check:
@@ -275,3 +283,46 @@ def _sum_check(x: np.ndarray, blocks: int, lanes: int) -> Check:
     scale = float(np.abs(x.astype(np.float64)).sum(axis=1).max())
     atol = (blocks - 1 + tree_depth(lanes)) * 2.0**-24 * scale
     return Check(target="y", mode=CheckMode.CLOSE, expr="rowsum(x)", atol=atol)
+
+
+# -- the fast path: the same fp32 operations, in the same order, on whole [M, lanes] arrays --------------------
+
+
+def padded_blocks(x: np.ndarray, lanes: int) -> np.ndarray:
+    """x [M, N] -> [M, blocks, lanes], the padding lanes zero as in SRAM."""
+    m, n = x.shape
+    padded = np.zeros((m, math.ceil(n / lanes) * lanes), x.dtype)
+    padded[:, :n] = x
+    return padded.reshape(m, -1, lanes)
+
+
+def plain_terms(x: np.ndarray, mask: np.ndarray | None) -> Callable[[int], np.ndarray]:
+    """`plain_feed`'s term for block j of x [M, blocks, lanes]: x_j, the last one through min(x, mask)."""
+
+    def term(j: int) -> np.ndarray:
+        if mask is None or j < x.shape[1] - 1:
+            return x[:, j]
+        return nx.vxm_binary(Opcode.MIN, x[:, j], mask, F32)
+
+    return term
+
+
+def fast_reduce(op: Opcode, term: Callable[[int], np.ndarray], blocks: int) -> np.ndarray:
+    """What `reduce_rows` computes from the per-block terms f(x_j) [M, lanes]: the fold p = f(x_j) (+) p in
+    block order, then the lane all-reduce; every lane of the result, as the last tree ALU sends it."""
+    p = term(0)
+    for j in range(1, blocks):
+        p = nx.vxm_binary(op, term(j), p, F32)
+    for rotations in stage_rotations(p.shape[-1]):
+        p = _fast_tree(op, [np.roll(p, k, axis=-1) for k in rotations])  # the SXM's permutes
+    return p
+
+
+def _fast_tree(op: Opcode, level: list[np.ndarray]) -> np.ndarray:
+    """`_tree`'s order: adjacent pairs combined level by level, an odd last one copied along."""
+    while len(level) > 1:
+        nxt = [nx.vxm_binary(op, level[i], level[i + 1], F32) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(nx.vxm_unary(Opcode.COPY, level[-1], F32))
+        level = nxt
+    return level[0]
