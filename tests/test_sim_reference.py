@@ -246,9 +246,20 @@ def _rmsnorm_cases():
     yield "2x500", rmsnorm(CHIP, x, w)
 
 
+def _relayout_cases():
+    from openlpu.hardware import Hemisphere
+    from openlpu.kernels.relayout import Step, relayout
+
+    x = np.random.default_rng(7).normal(0, 2, (3, 500)).astype(np.float32)
+    steps = [Step(Opcode.RELU, F32), Step(Opcode.CAST, F32, F16)]
+    yield "west-to-east", relayout(CHIP, x, steps, Hemisphere.W, Hemisphere.E)
+    yield "east-to-east", relayout(CHIP, x, steps, Hemisphere.E, Hemisphere.E)
+
+
 #: module of openlpu.kernels -> its cases (name, Kernel). Every kernel module must have an entry.
 KERNEL_CASES = {"matmul": _matmul_cases, "chain": _chain_cases, "elementwise": _elementwise_cases,
-                "reduce": _reduce_cases, "softmax": _softmax_cases, "rmsnorm": _rmsnorm_cases}
+                "reduce": _reduce_cases, "softmax": _softmax_cases, "rmsnorm": _rmsnorm_cases,
+                "relayout": _relayout_cases}
 _NOT_KERNELS = {"builder", "kernel"}
 
 

@@ -38,6 +38,7 @@ class ProgramBuilder:
     tensors: list[Tensor] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     last_effect: int = -1
+    effects: list[int] = field(default_factory=list)  # per placed burst: the cycle its last result lands
 
     @property
     def geo(self) -> Geometry:
@@ -49,8 +50,17 @@ class ProgramBuilder:
             raise ProgramError(f"{self.name}: {queue} `{ins.op.value}` would issue at cycle {cycle} < 0; start later")
         burst = Burst(cycle, ins, count, interval)
         self.bursts.setdefault(queue, []).append(burst)
-        self.last_effect = max(self.last_effect, burst.last + semantics.latency(self.chip, ins.op))
+        self.effects.append(burst.last + semantics.latency(self.chip, ins.op))
+        self.last_effect = max(self.last_effect, self.effects[-1])
         return burst
+
+    def mark(self) -> int:
+        """A point in the emission: `done_since(mark)` is when what was placed after it has all landed."""
+        return len(self.effects)
+
+    def done_since(self, mark: int) -> int:
+        """The first cycle after every result placed since `mark` has landed (streams quiet, SRAM written)."""
+        return max(self.effects[mark:], default=-1) + 1
 
     def predicted_cycles(self) -> int:
         """The cycle count the simulator will report for the built program."""

@@ -122,9 +122,10 @@ def write(b: ProgramBuilder, flow: Flow, rows: Rows, count: int) -> int:
 
 
 def alu(b: ProgramBuilder, index: int, op: Opcode, dtype: DType, count: int, operands: list[Operand],
-        out: StreamRef, *, imm: float | int | None = None, start: int | None = None) -> Flow:
-    """Run `op` on ALU `index` for `count` rows, writing `out`. It issues when its stream operands arrive
-    (together), or at `start` when all are loads; loads are read to arrive just then."""
+        out: StreamRef, *, imm: float | int | None = None, start: int | None = None, to: DType | None = None
+        ) -> Flow:
+    """Run `op` on ALU `index` for `count` rows, writing `out` (in `to` for a cast). It issues when its stream
+    operands arrive (together), or at `start` when all are loads; loads are read to arrive just then."""
     q = vxm_queue(index)
     here = b.position(q)
     arrivals = {o.at(here) for o in operands if isinstance(o, Flow)} | ({start} - {None})
@@ -133,8 +134,9 @@ def alu(b: ProgramBuilder, index: int, op: Opcode, dtype: DType, count: int, ope
                            f"{sorted(arrivals)}; they must arrive together (or give start= for loads only)")
     issue = arrivals.pop()
     refs = [(o if isinstance(o, Flow) else read(b, o, here, issue, count)).ref for o in operands]
-    b.place(q, issue, Instruction(op=op, dtype=dtype, out=out, imm=imm, **dict(zip(("a", "b"), refs))), count)
-    return Flow.written(out, dtype, here, issue + semantics.latency(b.chip, op))
+    b.place(q, issue, Instruction(op=op, dtype=dtype, to=to, out=out, imm=imm, **dict(zip(("a", "b"), refs))),
+            count)
+    return Flow.written(out, to or dtype, here, issue + semantics.latency(b.chip, op))
 
 
 def earliest(chip: Chip, schedule: Callable[[ProgramBuilder, int], object], ready: int = 0) -> int:

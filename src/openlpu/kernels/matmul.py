@@ -87,14 +87,17 @@ def matmul(chip: Chip, a: np.ndarray, b: np.ndarray, dtype: DType, *, name: str 
         predicted_cycles=builder.predicted_cycles(),
         inputs=inputs,
         assemble=lambda t: np.concatenate([t[f"c_{h}"] for h in halves], axis=1),
-        fast=lambda x: np.concatenate([_fast(shape, x[f"a_{h}"], x[f"b_{h}"]) for h in halves], axis=1),
+        fast=lambda x: np.concatenate([fast_matmul(x[f"a_{h}"], x[f"b_{h}"], dtype, shape.slots) for h in halves],
+                                      axis=1),
     )
 
 
-def _fast(s: _Shape, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """What one hemisphere's MXM computes, pass by pass: each 320-deep pass with `mxm_pass`, passes folded into
-    the accumulator in K order, rows in blocks of `slots` as the schedule does."""
-    lanes, n = s.lanes, b.shape[1]
+def fast_matmul(a: np.ndarray, b: np.ndarray, dtype: DType, slots: int, lanes: int = 320) -> np.ndarray:
+    """What one hemisphere's MXM computes for `emit_matmul`, pass by pass: each `lanes`-deep pass with `mxm_pass`,
+    passes folded into the accumulator in K order, rows in blocks of `slots` as the schedule does. `a` is
+    [M, K] with K a multiple of `lanes`."""
+    s = _Shape(a.shape[0], a.shape[1], b.shape[1], dtype, lanes, slots)
+    n = b.shape[1]
     w = np.zeros((s.k_padded, math.ceil(n / lanes) * lanes), b.dtype)
     w[:, :n] = b
     out = np.empty((s.m, w.shape[1]), s.out_dtype.numpy)
@@ -110,21 +113,17 @@ def _fast(s: _Shape, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: np.ndarray, n: int) -> dict:
-    chip, lanes = builder.chip, s.lanes
-    rows = lw_rows(chip, s.dtype)
-    n_tiles = math.ceil(n / lanes)
+    chip = builder.chip
     b_slice = chip.mem.slices_per_hemisphere - chip.streams.streams_per_direction
-    if b_slice < C_SLICE + 4:
-        raise ProgramError(f"matmul: a hemisphere needs {C_SLICE + 4 + chip.streams.streams_per_direction} MEM "
-                           f"slices, chip {chip.name} has {chip.mem.slices_per_hemisphere}")
     ta = Tensor(name=f"a_{h.value}", dtype=s.dtype, rows=s.m, cols=s.k_padded,
                 placement=Placement(hemisphere=h, first_slice=A_SLICE, address=0))
     tb = Tensor(name=f"b_{h.value}", dtype=s.dtype, rows=s.k_padded, cols=n,
-                placement=Placement(hemisphere=h, first_slice=b_slice, address=0, interleave=rows))
+                placement=Placement(hemisphere=h, first_slice=max(b_slice, 0), address=0,
+                                    interleave=lw_rows(chip, s.dtype)))
     tc = Tensor(name=f"c_{h.value}", dtype=s.out_dtype, rows=s.m, cols=n,
                 placement=Placement(hemisphere=h, first_slice=C_SLICE, address=0))
     builder.tensors += [ta, tb, tc]
-    _schedule(builder, s, h, n_tiles, b_slice)
+    emit_matmul(builder, ta, tb, tc)
     pad = np.zeros((s.k_padded - s.k,) + b.shape[1:])
     inputs = {
         ta.name: np.pad(a, ((0, 0), (0, s.k_padded - s.k))).astype(s.dtype.numpy),
@@ -132,6 +131,45 @@ def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: n
     }
     builder.checks.append(_check(s, tc.name, inputs[ta.name], inputs[tb.name], ta.name, tb.name))
     return inputs
+
+
+def emit_matmul(builder: ProgramBuilder, a: Tensor, w: Tensor, c: Tensor, start: int = 0) -> int:
+    """Schedule c = a @ w on the MXM of the tensors' hemisphere, no instruction issuing before `start`; returns
+    the first cycle after everything has landed (c is in SRAM, the streams are quiet).
+
+    The tensors may sit anywhere in that hemisphere, given: a [M, K] int8/fp16 row-major (K a multiple of 320);
+    w [K, N] of a's type in the MXM layout (interleave 32 / width: one weight row per inbound stream per cycle,
+    over 32 consecutive slices); c [M, N] int32/fp32 row-major.
+    """
+    s = _contract(builder.chip, a, w, c)
+    mark = builder.mark()
+    _schedule(builder, s, a, w, c, start)
+    return builder.done_since(mark)
+
+
+def _contract(chip: Chip, a: Tensor, w: Tensor, c: Tensor) -> _Shape:
+    """The shape of a @ w, after checking the tensors are laid out as the schedule needs."""
+    lanes, h = chip.lanes.lanes, a.placement.hemisphere
+    problems = []
+    if not (a.placement.hemisphere is w.placement.hemisphere is c.placement.hemisphere):
+        problems.append("a, w and c must sit in one hemisphere (the MXM there reads a and w and writes c)")
+    if a.dtype not in (DType.INT8, DType.FP16) or w.dtype is not a.dtype:
+        problems.append(f"a and w must both be int8 or fp16 (got {a.dtype.value} and {w.dtype.value})")
+    elif c.dtype is not (DType.INT32 if a.dtype is DType.INT8 else DType.FP32):
+        problems.append(f"c must be {'int32' if a.dtype is DType.INT8 else 'fp32'} for {a.dtype.value} inputs")
+    if a.cols % lanes or w.rows != a.cols or (c.rows, c.cols) != (a.rows, w.cols):
+        problems.append(f"shapes a {a.rows}x{a.cols}, w {w.rows}x{w.cols}, c {c.rows}x{c.cols} must be "
+                        f"[M, K] x [K, N] -> [M, N] with K a multiple of {lanes}")
+    if a.placement.interleave != 1 or c.placement.interleave != 1:
+        problems.append("a and c must be row-major (interleave 1)")
+    if w.placement.interleave != lw_rows(chip, w.dtype):
+        problems.append(f"w must have interleave {lw_rows(chip, w.dtype)} (the MXM weight layout)")
+    if w.placement.first_slice + chip.streams.streams_per_direction > chip.mem.slices_per_hemisphere:
+        problems.append(f"w needs {chip.streams.streams_per_direction} slices from its first slice "
+                        f"{w.placement.first_slice}; a hemisphere has {chip.mem.slices_per_hemisphere}")
+    if problems:
+        raise ProgramError(f"matmul {a.name} @ {w.name} -> {c.name} ({h.value}): " + "; ".join(problems))
+    return _Shape(a.rows, a.cols, w.cols, a.dtype, lanes, chip.mxm.accumulator_vectors)
 
 
 def _check(s: _Shape, c: str, a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> Check:
@@ -144,56 +182,57 @@ def _check(s: _Shape, c: str, a: np.ndarray, b: np.ndarray, a_name: str, b_name:
     return Check(target=c, mode=CheckMode.CLOSE, expr=expr, rtol=0.0, atol=2 * s.k_tiles * 2.0**-24 * scale)
 
 
-def _schedule(builder: ProgramBuilder, s: _Shape, h: Hemisphere, n_tiles: int, b_slice: int) -> None:
-    chip = builder.chip
-    w, rows = s.dtype.width_bytes, lw_rows(chip, s.dtype)
+def _schedule(builder: ProgramBuilder, s: _Shape, a: Tensor, w: Tensor, c: Tensor, start: int) -> None:
+    chip, h = builder.chip, a.placement.hemisphere
+    width, rows = s.dtype.width_bytes, lw_rows(chip, s.dtype)
     lw_cycles = chip.mxm.plane_rows // rows
     gap = chip.mxm.fp16_issue_interval_cycles if s.dtype is DType.FP16 else 1
     mxm, acc_q = mxm_queue(h, 0), mxm_queue(h, 1)
     target = builder.position(mxm)
     d_in, d_out = inbound(h), outbound(h)
     read_lat = chip.mem.read_latency_cycles
-    group_rows = s.k_padded // rows  # addresses per column block of B
-    t = _first_arrival(builder, h, b_slice, target)
-    drained = 0  # first cycle the ACC queue is free
+    group_rows = s.k_padded // rows  # addresses per column block of w
+    t = _first_arrival(builder, h, (a.placement.first_slice, w.placement.first_slice), target, start)
+    drained = start  # first cycle the ACC queue is free
     for m0 in range(0, s.m, s.slots):
         mc = min(s.slots, s.m - m0)
-        for nt in range(n_tiles):
+        for nt in range(math.ceil(s.n / s.lanes)):
             for kt in range(s.k_tiles):
                 for j in range(chip.streams.streams_per_direction):
-                    q = mem_queue(h, b_slice + j)
-                    addr = nt * group_rows + kt * lw_cycles
+                    q = mem_queue(h, w.placement.first_slice + j)
+                    addr = w.placement.address + nt * group_rows + kt * lw_cycles
                     builder.place(q, builder.issue_to_arrive(q, read_lat, target, t),
                                   Instruction(op=Opcode.READ, addr=addr, out=StreamRef(d_in, j)), lw_cycles)
                 builder.place(mxm, t, Instruction(op=Opcode.LW, plane=0, dtype=s.dtype, row=0), lw_cycles)
                 builder.place(mxm, t + lw_cycles, Instruction(op=Opcode.IW, plane=0))
-                start = t + lw_cycles + chip.mxm.iw_latency_cycles
-                for byte in range(w):
-                    q = mem_queue(h, A_SLICE + byte)
-                    builder.place(q, builder.issue_to_arrive(q, read_lat, target, start),
-                                  Instruction(op=Opcode.READ, addr=kt * s.m + m0, out=StreamRef(d_in, byte)), mc, gap)
-                builder.place(mxm, start, Instruction(op=Opcode.ABC, plane=0, dtype=s.dtype, a=StreamRef(d_in, 0),
+                first = t + lw_cycles + chip.mxm.iw_latency_cycles
+                for byte in range(width):
+                    q = mem_queue(h, a.placement.first_slice + byte)
+                    addr = a.placement.address + kt * s.m + m0
+                    builder.place(q, builder.issue_to_arrive(q, read_lat, target, first),
+                                  Instruction(op=Opcode.READ, addr=addr, out=StreamRef(d_in, byte)), mc, gap)
+                builder.place(mxm, first, Instruction(op=Opcode.ABC, plane=0, dtype=s.dtype, a=StreamRef(d_in, 0),
                                                       slot=0, accumulate=kt > 0), mc, gap)
-                t = start + (mc - 1) * gap + 1
-            start = max(t - 1 + chip.mxm.abc_latency_cycles, drained)
-            _drain(builder, h, acc_q, start, mc, nt * s.m + m0, d_out)
-            drained = start + mc
+                t = first + (mc - 1) * gap + 1
+            drain = max(t - 1 + chip.mxm.abc_latency_cycles, drained)
+            _drain(builder, c, acc_q, drain, mc, c.placement.address + nt * s.m + m0, d_out)
+            drained = drain + mc
             # the next tile's first product into slot m must land after this drain has read slot m
-            t = max(t, start + 1 - chip.mxm.abc_latency_cycles - lw_cycles - chip.mxm.iw_latency_cycles)
+            t = max(t, drain + 1 - chip.mxm.abc_latency_cycles - lw_cycles - chip.mxm.iw_latency_cycles)
 
 
-def _first_arrival(builder: ProgramBuilder, h: Hemisphere, b_slice: int, target: int) -> int:
-    """The earliest cycle at which every operand can reach the MXM (reads cannot issue before cycle 0)."""
-    far = max(abs(target - builder.position(mem_queue(h, s))) for s in (A_SLICE, b_slice))
-    return far + builder.chip.mem.read_latency_cycles
+def _first_arrival(builder: ProgramBuilder, h: Hemisphere, slices: tuple[int, ...], target: int, start: int) -> int:
+    """The earliest cycle at which every operand can reach the MXM with no read issuing before `start`."""
+    far = max(abs(target - builder.position(mem_queue(h, s))) for s in slices)
+    return start + far + builder.chip.mem.read_latency_cycles
 
 
-def _drain(builder: ProgramBuilder, h: Hemisphere, q, start: int, count: int, address: int, d_out) -> None:
-    """ACC `count` slots from `start` and write them (4 byte planes) to C's slices."""
+def _drain(builder: ProgramBuilder, c: Tensor, q, start: int, count: int, address: int, d_out) -> None:
+    """ACC `count` slots from `start` and write them (4 byte planes) to c's slices."""
     chip = builder.chip
     builder.place(q, start, Instruction(op=Opcode.ACC, plane=0, slot=0, out=StreamRef(d_out, 0)), count)
     produced = start + chip.mxm.acc_latency_cycles
     for byte in range(4):
-        mq = mem_queue(h, C_SLICE + byte)
+        mq = mem_queue(c.placement.hemisphere, c.placement.first_slice + byte)
         builder.place(mq, builder.arrival(builder.position(q), produced, mq),
                       Instruction(op=Opcode.WRITE, addr=address, a=StreamRef(d_out, byte)), count)
