@@ -17,7 +17,7 @@ from openlpu.ir.verify import verify
 Rule = Callable[[Node, Sequence[np.ndarray]], np.ndarray]
 
 
-class _RuleError(Exception):
+class RuleError(Exception):
     """Raised inside a rule; the interpreter re-raises it as `IRError` with the node's name."""
 
 
@@ -25,7 +25,7 @@ def _embedding(node: Node, args: Sequence[np.ndarray]) -> np.ndarray:
     table, ids = args
     bad = ids[(ids < 0) | (ids >= table.shape[0])]
     if bad.size:
-        raise _RuleError(f"token id {int(bad[0])} is outside the table's {table.shape[0]} rows")
+        raise RuleError(f"token id {int(bad[0])} is outside the table's {table.shape[0]} rows")
     return table[ids]
 
 
@@ -95,11 +95,11 @@ def _kv_cache_write(node: Node, args: Sequence[np.ndarray]) -> np.ndarray:
     slots = cache.shape[1]
     bad = positions[(positions < 0) | (positions >= slots)]
     if bad.size:
-        raise _RuleError(
+        raise RuleError(
             f"position {int(bad[0])} is outside the KV cache of {slots} slots (compile with a longer context)"
         )
     if len(set(positions.tolist())) != len(positions):
-        raise _RuleError(f"positions {positions.tolist()} write a cache slot twice")
+        raise RuleError(f"positions {positions.tolist()} write a cache slot twice")
     out = cache.copy()
     out[:, positions, :] = new
     return out
@@ -138,7 +138,7 @@ RULES: dict[Op, Rule] = {
 }
 
 
-def _bind(kind: str, decl: Value, array: object, float_dtype: np.dtype) -> np.ndarray:
+def bind_value(kind: str, decl: Value, array: object, float_dtype: np.dtype) -> np.ndarray:
     """`array` checked against its declaration and converted to the compute dtype."""
     a = np.asarray(array)
     if a.shape != decl.shape:
@@ -168,11 +168,11 @@ def _environment(
         for decl in decls:
             if decl.name not in given:
                 raise IRError(f"graph {graph.name!r}: no data for {kind} {decl.name!r}; pass it in `{kind}s`")
-            env[decl.name] = _bind(kind, decl, given[decl.name], float_dtype)
+            env[decl.name] = bind_value(kind, decl, given[decl.name], float_dtype)
     return env
 
 
-def _last_uses(graph: Graph) -> dict[int, list[str]]:
+def last_uses(graph: Graph) -> dict[int, list[str]]:
     """For each node index, the values no later node or output reads, so the interpreter can drop them."""
     last: dict[str, int] = {}
     for index, node in enumerate(graph.nodes):
@@ -189,7 +189,7 @@ def _last_uses(graph: Graph) -> dict[int, list[str]]:
 def _run_node(node: Node, env: dict[str, np.ndarray], float_dtype: np.dtype) -> np.ndarray:
     try:
         result = RULES[node.op](node, [env[name] for name in node.inputs])
-    except _RuleError as err:
+    except RuleError as err:
         raise IRError(f"node {node.name!r} ({node.op.value}): {err}") from None
     want = float_dtype if node.dtype in FLOAT_DTYPES else np.dtype(np.int32)
     if result.shape != node.shape or result.dtype != want:
@@ -217,7 +217,7 @@ def interpret(
     verify(graph)
     fdt = np.dtype(float_dtype)
     env = _environment(graph, inputs, params, fdt)
-    drops = {} if keep_all else _last_uses(graph)
+    drops = {} if keep_all else last_uses(graph)
     for index, node in enumerate(graph.nodes):
         env[node.name] = _run_node(node, env, fdt)
         for name in drops.get(index, ()):
