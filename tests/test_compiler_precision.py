@@ -13,6 +13,7 @@ Tolerances against transformers' float32 forward, max |d logits| over the prompt
 from __future__ import annotations
 
 import functools
+from fractions import Fraction
 from pathlib import Path
 
 import frontend_refs as refs
@@ -144,12 +145,13 @@ def tile_by_tile(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
     return out[:, : b.shape[1]]
 
 
-def pairwise_fp64(products: list[float]) -> float:
-    """One pass's sum as docs/isa.md specifies it: a pairwise tree in fp64 (x[i] + x[i + half]; odd tail kept)."""
-    while len(products) > 1:
-        half = len(products) // 2
-        products = [products[i] + products[i + half] for i in range(half)] + products[2 * half :]
-    return products[0]
+def exact_pass(products: list[float]) -> np.float32:
+    """One pass's sum as docs/isa.md specifies it: the exact sum of the products, rounded once to fp32 (nearest,
+    ties to even), computed here with rationals."""
+    exact = sum((Fraction(p) for p in products), Fraction(0))
+    r = np.float32(float(exact))
+    near = [np.nextafter(r, np.float32(-np.inf)), r, np.nextafter(r, np.float32(np.inf))]
+    return min(near, key=lambda c: (abs(Fraction(float(c)) - exact), int(np.float32(c).view(np.uint32)) & 1))
 
 
 def run_matmul(x: np.ndarray, w: np.ndarray, precision: Precision) -> np.ndarray:
@@ -160,7 +162,7 @@ def run_matmul(x: np.ndarray, w: np.ndarray, precision: Precision) -> np.ndarray
     return interpret_chip(b.build(["y"]), {"x": x}, quantize_weights({"w": w}, precision), precision)["y"]
 
 
-def test_fp16_matmul_rule_equals_tile_by_tile_and_the_pairwise_sum() -> None:
+def test_fp16_matmul_rule_equals_tile_by_tile_and_the_exact_pass_sum() -> None:
     x, w = rand(2, 3, 700), rand(37, 700, scale=0.1)  # K = 700: 3 passes, the last one padded
     got = run_matmul(x, w, FP16)
     x16, w16 = x.reshape(6, 700).astype(np.float16), w.astype(np.float16)
@@ -169,7 +171,7 @@ def test_fp16_matmul_rule_equals_tile_by_tile_and_the_pairwise_sum() -> None:
     x64[:, :700], w64[:, :700] = x16, w16
     for m, n in ((0, 0), (5, 36)):
         passes = [
-            np.float32(pairwise_fp64([x64[m, k] * w64[n, k] for k in range(k0, k0 + PASS_DEPTH)]))
+            exact_pass([x64[m, k] * w64[n, k] for k in range(k0, k0 + PASS_DEPTH)])
             for k0 in range(0, 960, PASS_DEPTH)
         ]
         assert got.reshape(6, 37)[m, n] == (passes[0] + passes[1]) + passes[2]

@@ -41,8 +41,8 @@ FORMATS = ("fp16", "int8")
 INT8_MAX = 127
 """Symmetric int8 range: -127..127 (-128 is never produced, so negation cannot overflow)."""
 
-_PRODUCTS_PER_CALL = 1 << 21
-"""fp64 products `mxm_pass` may hold at once (16 MiB): the output columns per call are sized to fit it."""
+_COLUMNS_PER_CALL = 8192
+"""Output columns per `mxm_pass` call: bounds its fp64 temporaries (a few [320, columns] arrays) to ~60 MiB."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,7 +187,7 @@ def mxm_matmul(a: np.ndarray, b: np.ndarray, dtype: DType) -> np.ndarray:
     """
     (m, k), n = a.shape, b.shape[1]
     out = np.empty((m, n), np.int32 if dtype is DType.INT8 else np.float32)
-    cols = max(1, _PRODUCTS_PER_CALL // (min(max(m, 1), 16) * PASS_DEPTH))
+    cols = _COLUMNS_PER_CALL
     for n0 in range(0, n, cols):
         acc = None
         for k0 in range(0, max(k, 1), PASS_DEPTH):

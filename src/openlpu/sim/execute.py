@@ -20,6 +20,7 @@ class Machine:
         rows = sim.chip.mxm.plane_rows
         self.tiles: dict[int, np.ndarray] = {}  # IW event -> the weight tile it installs
         self.products: dict[int, np.ndarray] = {}  # ABC event -> its product vector
+        self.splits: dict = {}  # IW event -> its fp16 tile split for exact MXM passes
         self.rows = rows
 
     # -- stream plumbing -------------------------------------------------------------------------------------
@@ -157,7 +158,11 @@ class Machine:
         install = self.s.mxm.install_of[events]
         for iw in np.unique(install).tolist():
             mine = np.flatnonzero(install == iw)
-            for e, r in zip(events[mine].tolist(), nx.mxm_pass(acts[mine], self.tiles[iw], ins.dtype)):
+            tile = self.tiles[iw]
+            split = None
+            if ins.dtype is DType.FP16 and np.isfinite(tile).all():
+                split = self.splits.get(iw) or self.splits.setdefault(iw, nx.split_weights(tile))
+            for e, r in zip(events[mine].tolist(), nx.mxm_pass(acts[mine], tile, ins.dtype, split)):
                 self.products[e] = r
 
     def acc_(self, events: np.ndarray, ins: Instruction) -> None:

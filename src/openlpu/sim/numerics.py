@@ -136,29 +136,62 @@ def vxm_select(mask: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(mask != 0, x, y)
 
 
-def mxm_pass(acts: np.ndarray, weights: np.ndarray, dtype: DType) -> np.ndarray:
-    """One pass through a plane: acts [M, K] x weights [K, N] -> [M, N] int32 (int8) or fp32 (fp16)."""
+def mxm_pass(acts: np.ndarray, weights: np.ndarray, dtype: DType,
+             split: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """One pass through a plane: acts [M, K] x weights [K, N] -> [M, N] int32 (int8) or fp32 (fp16).
+
+    int8: exact, wrapping into int32. fp16: the exact sum of the K products, rounded once to fp32 (TruePoint's
+    lossless accumulation, reference 5.2). Every fp16 value is an integer multiple of 2^-24 below 2^16, so
+    scaled by 2^24 and split into two 20-bit halves, each half-product sum over K <= 320 is an integer below
+    2^53: four fp64 matrix products compute it exactly in any order, and only the final rounding remains.
+    `split` is `split_weights(weights)`, for callers that multiply by the same weights again.
+    """
     if dtype is DType.INT8:
         return (acts.astype(np.int64) @ weights.astype(np.int64)).astype(np.int32)
     a64, w64 = acts.astype(np.float64), weights.astype(np.float64)
-    out = np.empty((acts.shape[0], weights.shape[1]), np.float32)
-    for m in range(0, acts.shape[0], _ROWS_PER_CHUNK):
-        products = a64[m:m + _ROWS_PER_CHUNK, :, None] * w64[None, :, :]
-        out[m:m + _ROWS_PER_CHUNK] = _ordered_sum(products)
-    return out
+    if acts.shape[1] > _EXACT_DEPTH or not (np.isfinite(a64).all() and np.isfinite(w64).all()):
+        return (a64 @ w64).astype(np.float32)  # inf/nan propagate as IEEE says; exactness is moot
+    a_hi, a_lo = _split(a64)
+    w_hi, w_lo = split if split is not None else _split(w64)
+    high = (a_hi @ w_hi) * 2.0**-8  # 2^(40 - 48)
+    middle = (a_hi @ w_lo + a_lo @ w_hi) * 2.0**-28  # 2^(20 - 48)
+    low = (a_lo @ w_lo) * 2.0**-48
+    return _round_sum_to_fp32(high, middle, low)
 
 
-_ROWS_PER_CHUNK = 16
+_EXACT_DEPTH = 512  # products of 20-bit halves stay below 2^53 summed over up to 2^13 terms; a pass is 320
 
 
-def _ordered_sum(products: np.ndarray) -> np.ndarray:
-    """Sum over axis 1 in fp64 with one fixed order (a pairwise tree), independent of the batch size."""
-    x = products
-    while x.shape[1] > 1:
-        half = x.shape[1] // 2
-        head = x[:, :half] + x[:, half:2 * half]
-        x = np.concatenate([head, x[:, 2 * half:]], axis=1) if x.shape[1] % 2 else head
-    return x[:, 0]
+def split_weights(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two integer halves `mxm_pass` multiplies fp16 weights as, to reuse across calls."""
+    return _split(weights.astype(np.float64))
+
+
+def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """fp16 values (as fp64) scaled to integers x * 2^24 = hi * 2^20 + lo, with |hi| <= 2^20 and |lo| < 2^20."""
+    scaled = x * 2.0**24
+    hi = np.trunc(scaled * 2.0**-20)
+    return hi, scaled - hi * 2.0**20
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """s + e == a + b exactly, s = fl(a + b) (Knuth's TwoSum)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _round_sum_to_fp32(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """fp32 nearest-even of the exact x + y + z (fp64 arrays): an error-free sum, then the fp64 -> fp32 rounding
+    corrected where the fp64 value sits exactly on a tie that the remainder breaks."""
+    s1, e1 = _two_sum(x, y)
+    u, e2 = _two_sum(s1, z)
+    rest = e1 + e2  # far below half an fp32 ulp of u; only its sign can matter
+    r = u.astype(np.float32)
+    other = np.where(u > r, np.nextafter(r, np.float32(np.inf)), np.nextafter(r, np.float32(-np.inf)))
+    tie = (u != r) & (u == (r.astype(np.float64) + other.astype(np.float64)) / 2) & (rest != 0)
+    past = np.sign(rest) == np.sign(other.astype(np.float64) - u)
+    return np.where(tie & past, other, r)
 
 
 def accumulate(old: np.ndarray, new: np.ndarray, dtype: DType) -> np.ndarray:
