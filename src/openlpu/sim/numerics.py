@@ -9,9 +9,9 @@
 - Conversions round to nearest, ties to even; float -> int and wide -> narrow int saturate; fp32 -> fp16
   saturates to +-65504 instead of overflowing to infinity (reference 7 #14, `cast(fp16_inf=False)`); NaN -> int
   gives 0.
-- MXM: int8 x int8 products summed exactly into int32 (wrapping); fp16 x fp16 products summed in fp64 and rounded
-  once to fp32 per 320-deep pass (TruePoint modelled as wide accumulation, reference 7 #14); accumulation
-  across passes in the accumulator is fp32 (int32 for int8).
+- MXM: int8 x int8 products summed exactly into int32 (wrapping); fp16 x fp16 products summed exactly and rounded
+  once to fp32 per 320-deep pass (TruePoint modelled as lossless accumulation, reference 5.2 and 7 #14);
+  accumulation across passes in the accumulator is fp32 (int32 for int8).
 """
 
 from __future__ import annotations
