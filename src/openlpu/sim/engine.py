@@ -196,7 +196,7 @@ class _Run:
         self.sent_planes = np.zeros((len(self.ev), self.chip.lanes.lanes), np.uint8)
         edges = self.verify()
         level = _levels(len(self.ev), *edges.arrays())
-        initial = self._load(inputs)
+        self.sram, initial = memory.load_program(self.program, self.chip, inputs)
         self.pool = np.zeros((len(self.ev.writes.cycle), self.chip.lanes.lanes), np.uint8)
         machine = Machine(self)
         self._execute(machine, level)
@@ -239,20 +239,6 @@ class _Run:
     def _phase(self) -> np.ndarray:
         table = np.array([PHASE.get(op, Phase.MEM_READ) for op in OPCODES], np.int64)
         return table[self.ops]
-
-    def _load(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        unknown = sorted(set(inputs) - {t.name for t in self.program.tensors})
-        if unknown:
-            raise ProgramError(f"inputs {unknown} name no tensor of program {self.program.name}")
-        self.sram = memory.new_sram(self.chip)
-        initial = {}
-        for t in self.program.tensors:
-            value = inputs[t.name] if t.name in inputs else memory.init_values(t)
-            if value.shape != (t.rows, t.cols):
-                raise ProgramError(f"input {t.name}: shape {value.shape} but the tensor is {t.rows}x{t.cols}")
-            initial[t.name] = np.asarray(value).astype(t.dtype.numpy)
-            memory.store(self.sram, t, initial[t.name], self.chip)
-        return initial
 
     def _execute(self, machine: Machine, level: np.ndarray) -> None:
         group = self._group_keys()

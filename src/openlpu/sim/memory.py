@@ -11,7 +11,7 @@ import numpy as np
 from openlpu.errors import InternalError, ProgramError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Geometry
-from openlpu.isa.program import Init, InitKind, Tensor
+from openlpu.isa.program import Init, InitKind, Program, Tensor
 from openlpu.sim.numerics import planes_to_values, values_to_planes
 
 
@@ -123,6 +123,23 @@ def load(sram: np.ndarray, t: Tensor, chip: Chip) -> np.ndarray:
     slices, addresses = tensor_locations(t, chip)
     planes = sram[slices, addresses[:, :, None]]  # [rows, blocks, w, lanes]
     return planes_to_values(planes, t.dtype).reshape(t.rows, -1)[:, : t.cols]
+
+
+def load_program(program: Program, chip: Chip, inputs: dict[str, np.ndarray]
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A fresh SRAM holding every tensor of `program` (its `inputs` override, by name, the tensors' initial
+    contents), and those initial values by tensor name."""
+    unknown = sorted(set(inputs) - {t.name for t in program.tensors})
+    if unknown:
+        raise ProgramError(f"inputs {unknown} name no tensor of program {program.name}")
+    sram, initial = new_sram(chip), {}
+    for t in program.tensors:
+        value = np.asarray(inputs[t.name]) if t.name in inputs else init_values(t)
+        if value.shape != (t.rows, t.cols):
+            raise ProgramError(f"input {t.name}: shape {value.shape} but the tensor is {t.rows}x{t.cols}")
+        initial[t.name] = value.astype(t.dtype.numpy)
+        store(sram, t, initial[t.name], chip)
+    return sram, initial
 
 
 def new_sram(chip: Chip) -> np.ndarray:

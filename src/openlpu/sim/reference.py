@@ -314,17 +314,7 @@ class _Machine:
         self.last_effect = max(self.last_effect, cycle)
 
     def load(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        unknown = sorted(set(inputs) - {t.name for t in self.program.tensors})
-        if unknown:
-            raise ProgramError(f"inputs {unknown} name no tensor of program {self.program.name}")
-        self.sram = memory.new_sram(self.chip)
-        initial = {}
-        for t in self.program.tensors:
-            value = np.asarray(inputs[t.name]) if t.name in inputs else memory.init_values(t)
-            if value.shape != (t.rows, t.cols):
-                raise ProgramError(f"input {t.name}: shape {value.shape} but the tensor is {t.rows}x{t.cols}")
-            initial[t.name] = value.astype(t.dtype.numpy)
-            memory.store(self.sram, t, initial[t.name], self.chip)
+        self.sram, initial = memory.load_program(self.program, self.chip, inputs)
         return initial
 
     def run(self) -> None:
