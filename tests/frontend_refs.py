@@ -20,9 +20,26 @@ from typing import Any
 
 import pytest
 
+from openlpu.frontends.llama import LlamaConfig
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read before transformers is imported: never touch the network
 
 REF_LAYERS = 2
+
+#: A llama config small enough to build and interpret graphs in milliseconds.
+TINY = LlamaConfig(
+    n_layers=2,
+    hidden_size=16,
+    ffn_size=24,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=4,
+    rope_base=10000.0,
+    rms_eps=1e-5,
+    vocab_size=32,
+    context_length=64,
+    tied_embeddings=False,
+)
 """Blocks kept in the truncated model used by the default (fast) tests."""
 
 PROMPT_IDS = [

@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from frontend_refs import TINY
 
 from openlpu.errors import UserError
 from openlpu.frontends.llama import LlamaConfig, Phase, build_decoder, param_shapes
 from openlpu.ir import Op, interpret
-
-TINY = LlamaConfig(
-    n_layers=2,
-    hidden_size=16,
-    ffn_size=24,
-    n_heads=4,
-    n_kv_heads=2,
-    head_dim=4,
-    rope_base=10000.0,
-    rms_eps=1e-5,
-    vocab_size=32,
-    context_length=64,
-    tied_embeddings=False,
-)
 
 
 def random_weights(cfg: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from frontend_refs import TINY
 from hypothesis import given
 from hypothesis import strategies as st
 
 from openlpu.errors import AssemblyError
-from openlpu.frontends.llama import LlamaConfig, Phase, build_decoder
+from openlpu.frontends.llama import Phase, build_decoder
 from openlpu.ir import (
     SPECS,
     Graph,
@@ -25,20 +26,6 @@ from openlpu.ir import (
 )
 from openlpu.ir.interpret import RULES as INTERPRET_RULES
 from openlpu.ir.shapes import RULES as SHAPE_RULES
-
-TINY = LlamaConfig(
-    n_layers=2,
-    hidden_size=16,
-    ffn_size=24,
-    n_heads=4,
-    n_kv_heads=2,
-    head_dim=4,
-    rope_base=10000.0,
-    rms_eps=1e-5,
-    vocab_size=32,
-    context_length=64,
-    tied_embeddings=False,
-)
 
 TINY_TEXT = """\
 graph tiny

@@ -82,3 +82,13 @@ def test_bad_matmul_requests(a, b, dtype, message):
     with pytest.raises(ProgramError) as info:
         matmul(CHIP, a, b, dtype)
     assert str(info.value) == message
+
+
+def test_matmul_on_a_chip_with_too_few_slices():
+    import dataclasses
+
+    small = dataclasses.replace(CHIP, mem=dataclasses.replace(CHIP.mem, slices_per_hemisphere=30))
+    with pytest.raises(ProgramError) as info:
+        matmul(small, np.ones((1, 8)), np.ones((8, 4)), DType.INT8)
+    assert str(info.value) == ("matmul: a hemisphere needs 40 MEM slices (a, c, then 32 weight streams), chip "
+                               "groqchip1 has 30")

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_sim_engine import COPY as ENGINE_COPY
 
 import openlpu.kernels
 from openlpu.errors import OpenLPUError, ProgramError, ScheduleError
@@ -720,22 +721,7 @@ def test_empty_program():
 
 # -- stream timing: the documented rule, and every stream and bank conflict ----------------------------------
 
-COPY = """.program copy
-.tensor x int8 2x320 @ w:1 addr=0 = random(1, -128, 127)
-.tensor y int8 2x320 @ e:0 addr=0
-.check y == x
-.queue mem.w.1
-    read addr=0 out=E0
-    repeat n=1 d=1
-.queue vxm.0
-    nop n=4
-    copy dtype=int8 a=E0 out=E4
-    repeat n=1 d=1
-.queue mem.e.0
-    nop n=10
-    write addr=0 a=E4
-    repeat n=1 d=1
-"""
+COPY = ENGINE_COPY  # the engine tests' two-row copy program
 
 
 def test_value_arrives_after_latency_plus_hops():

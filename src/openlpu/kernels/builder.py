@@ -14,7 +14,7 @@ from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Geometry, Hemisphere
 from openlpu.isa.instruction import Instruction, nop, repeat
 from openlpu.isa.program import Check, Program, Tensor, make_program
-from openlpu.isa.types import Direction, QueueId, Unit
+from openlpu.isa.types import QueueId, Unit
 from openlpu.sim import semantics
 
 
@@ -109,10 +109,3 @@ def vxm_queue(alu: int) -> QueueId:
 
 def mxm_queue(h: Hemisphere, index: int = 0) -> QueueId:
     return QueueId(Unit.MXM, h, index)
-
-
-def toward(source: int, target: int) -> Direction:
-    """The stream direction that carries a value from position `source` to position `target`."""
-    if source == target:
-        raise ProgramError(f"a value cannot travel from position {source} to itself")
-    return Direction.E if target > source else Direction.W

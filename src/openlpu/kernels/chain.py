@@ -17,7 +17,7 @@ from openlpu.errors import ProgramError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Hemisphere
 from openlpu.isa.instruction import Instruction
-from openlpu.isa.opcodes import VXM_BINARY, VXM_UNARY, Opcode
+from openlpu.isa.opcodes import VXM_BINARY, VXM_COMPARE, VXM_UNARY, Opcode
 from openlpu.isa.program import Check, CheckMode, Placement, Tensor
 from openlpu.isa.types import Direction, DType, StreamRef
 from openlpu.kernels.builder import ProgramBuilder, mem_queue, vxm_queue
@@ -89,7 +89,7 @@ def _fast(steps: tuple[Step, ...], inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 def _check_steps(steps: list[Step]) -> None:
     for s in steps:
-        binary = s.op in VXM_BINARY and s.op not in (Opcode.CMP_EQ, Opcode.CMP_LT, Opcode.CMP_LE)
+        binary = s.op in VXM_BINARY - VXM_COMPARE
         if not (s.op in VXM_UNARY and s.imm is None or binary and s.imm is not None):
             raise ProgramError(f"vxm_chain: step {s.op.value} needs {'an imm' if binary else 'no imm'} operand")
     if not steps:

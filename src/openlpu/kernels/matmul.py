@@ -115,10 +115,14 @@ def fast_matmul(a: np.ndarray, b: np.ndarray, dtype: DType, slots: int, lanes: i
 def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: np.ndarray, n: int) -> dict:
     chip = builder.chip
     b_slice = chip.mem.slices_per_hemisphere - chip.streams.streams_per_direction
+    if b_slice < C_SLICE + 4:
+        raise ProgramError(f"matmul: a hemisphere needs {C_SLICE + 4 + chip.streams.streams_per_direction} MEM "
+                           f"slices (a, c, then 32 weight streams), chip {chip.name} has "
+                           f"{chip.mem.slices_per_hemisphere}")
     ta = Tensor(name=f"a_{h.value}", dtype=s.dtype, rows=s.m, cols=s.k_padded,
                 placement=Placement(hemisphere=h, first_slice=A_SLICE, address=0))
     tb = Tensor(name=f"b_{h.value}", dtype=s.dtype, rows=s.k_padded, cols=n,
-                placement=Placement(hemisphere=h, first_slice=max(b_slice, 0), address=0,
+                placement=Placement(hemisphere=h, first_slice=b_slice, address=0,
                                     interleave=lw_rows(chip, s.dtype)))
     tc = Tensor(name=f"c_{h.value}", dtype=s.out_dtype, rows=s.m, cols=n,
                 placement=Placement(hemisphere=h, first_slice=C_SLICE, address=0))

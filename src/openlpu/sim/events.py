@@ -13,7 +13,7 @@ import numpy as np
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Geometry
 from openlpu.isa.instruction import Instruction
-from openlpu.isa.types import Direction, QueueId, Unit
+from openlpu.isa.types import Direction, QueueId
 from openlpu.sim import semantics
 from openlpu.sim.streams import Accesses
 from openlpu.sim.timing import Timeline
@@ -112,7 +112,3 @@ def _template(chip: Chip, geo: Geometry, q: QueueId, index: int, ins: Instructio
         writes=tuple(semantics.stream_writes(ins)),
         step=semantics.advance_step(chip, ins),
     )
-
-
-def is_unit(t: Template, unit: Unit) -> bool:
-    return t.queue.unit is unit

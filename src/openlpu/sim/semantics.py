@@ -10,7 +10,7 @@ from functools import reduce
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Geometry
 from openlpu.isa.instruction import Instruction
-from openlpu.isa.opcodes import C2C_OPS, LATENCY_FIELD, MEM_OPS, MXM_OPS, SXM_OPS, VXM_OPS, Opcode
+from openlpu.isa.opcodes import C2C_OPS, LATENCY_FIELD, MEM_OPS, MXM_OPS, REPEAT_ADVANCE, SXM_OPS, VXM_OPS, Opcode
 from openlpu.isa.types import Direction, QueueId, StreamRef, Unit
 from openlpu.sim.validate import inbound, lw_rows
 
@@ -111,14 +111,14 @@ def stream_writes(ins: Instruction) -> list[tuple[Direction, int]]:
 
 
 def advance_step(chip: Chip, ins: Instruction) -> int:
-    """How much `Repeat` advances the instruction's address, row or slot on each re-issue."""
-    if ins.op in MEM_OPS:
+    """How much `Repeat` advances the instruction's address, row or slot on each re-issue (`REPEAT_ADVANCE`)."""
+    rule = REPEAT_ADVANCE[ins.op]
+    if rule is None:
+        return 0
+    by = rule[1]
+    if by == "stride":
         return ins.stride if ins.stride is not None else 1
-    if ins.op is Opcode.LW:
-        return lw_rows(chip, ins.dtype)
-    if ins.op in (Opcode.ABC, Opcode.ACC):
-        return 1
-    return 0
+    return lw_rows(chip, ins.dtype) if by == "rows" else 1
 
 
 assert all(op in PHASE for op in MXM_OPS | SXM_OPS | VXM_OPS | MEM_OPS | C2C_OPS)
