@@ -257,10 +257,20 @@ def _relayout_cases():
     yield "east-to-east", relayout(CHIP, x, steps, Hemisphere.E, Hemisphere.E)
 
 
+def _vectors_cases():
+    from openlpu.kernels.vectors import row_binary, scatter_row
+
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(0, 1, (6, 700)).astype(np.float32), rng.normal(0, 1, (1, 700)).astype(np.float32)
+    yield "row-broadcast-interleaved", row_binary(CHIP, Opcode.MUL, x, y, F32, interleave=2)
+    yield "row-broadcast-fp16", row_binary(CHIP, Opcode.SUB, x, y, F16, interleave=1)
+    yield "scatter-row", scatter_row(CHIP, rng.normal(0, 1, (9, 400)), rng.normal(0, 1, (1, 400)), 5, F32)
+
+
 #: module of openlpu.kernels -> its cases (name, Kernel). Every kernel module must have an entry.
 KERNEL_CASES = {"matmul": _matmul_cases, "chain": _chain_cases, "elementwise": _elementwise_cases,
                 "reduce": _reduce_cases, "softmax": _softmax_cases, "rmsnorm": _rmsnorm_cases,
-                "relayout": _relayout_cases}
+                "relayout": _relayout_cases, "vectors": _vectors_cases}
 _NOT_KERNELS = {"builder", "kernel"}
 
 

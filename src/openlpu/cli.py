@@ -1,4 +1,5 @@
-"""The `openlpu` command line: inspect a chip, run an assembly program, run the shipped examples, plan chips.
+"""The `openlpu` command line: inspect a chip, run an assembly program, run the shipped examples, plan chips,
+generate text on simulated chips.
 
 Every `UserError` (bad chip file, bad assembly, illegal program or schedule) ends the command with a clean red
 message and exit code 2; a failed `.check` ends it with exit code 1. Other exceptions are bugs and propagate.
@@ -21,10 +22,13 @@ from typer.core import TyperGroup
 
 from openlpu.compiler.capacity import Plan, model_shape, plan
 from openlpu.compiler.sram import mib
-from openlpu.errors import UserError
+from openlpu.errors import ConfigError, UserError
+from openlpu.frontends.models import default_model_path
+from openlpu.frontends.tokenizer import Tokenizer
 from openlpu.hardware.chip import Chip, load_chip, preset_names
 from openlpu.isa.asm import load_program
 from openlpu.isa.program import Program
+from openlpu.runtime.generate import check_fits, check_sampling, default_context, encode_prompt, generate, summary
 from openlpu.sim.engine import Result, simulate, verify
 
 DEFAULT_CHIP = "groqchip1"
@@ -58,6 +62,10 @@ ChipOption = Annotated[
     typer.Option("--chip", metavar="PRESET_OR_PATH", help="Chip preset name or chip TOML file."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", metavar="PATH.gguf", help="GGUF model (default: the embedded SmolLM2)."),
+]
 
 
 def main() -> None:
@@ -271,10 +279,7 @@ def _print_demo(results: list[tuple[Path, Result]]) -> None:
 
 @app.command("plan")
 def plan_command(
-    model: Annotated[
-        Path | None,
-        typer.Option("--model", metavar="PATH.gguf", help="GGUF model (default: the embedded SmolLM2)."),
-    ] = None,
+    model: ModelOption = None,
     dtype: Annotated[str, typer.Option("--dtype", metavar="fp16|int8", help="Weight type.")] = "fp16",
     chip: ChipOption = None,
     context: Annotated[
@@ -311,3 +316,142 @@ def _print_plan(p: Plan) -> None:
         out.print(table)
     for note in p.notes():
         out.print(f"note: {note}", soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------- compile
+
+
+@app.command("compile")
+def compile_command(
+    model: ModelOption = None,
+    dtype: Annotated[str, typer.Option("--dtype", metavar="fp16", help="Weight type.")] = "fp16",
+    chip: ChipOption = None,
+    context: Annotated[int, typer.Option("--context", metavar="N",
+                                         help="KV-cache positions (a power of two).")] = 128,
+    chips: Annotated[int | None, typer.Option("--chips", metavar="N", help="Use exactly N chips.")] = None,
+    layers: Annotated[int | None, typer.Option("--layers", metavar="N",
+                                               help="Compile only the first N layers (a debugging aid).")] = None,
+    dump_dir: Annotated[Path | None, typer.Option("--dump", metavar="DIR",
+                                                  help="Write every compiler stage's text form into DIR.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compile a model's decode step for the chips: layer split, SRAM use, cycles per token (and, with --dump,
+    the lowered graph, placement, schedule and program of every chip)."""
+    from openlpu.compiler.pipeline import compile_model, dump
+
+    c = compile_model(model, load_chip(chip or DEFAULT_CHIP), dtype=dtype, context=context, n_layers=layers,
+                      chips=chips)
+    files = dump(c, dump_dir) if dump_dir is not None else []
+    if as_json:
+        _print_json({"chips": c.chips, "chip": c.chip.name, "dtype": c.dtype, "context": c.context,
+                     "cycles_per_token": c.cycles_per_step, "seconds_per_token": c.cycles_per_step / c.chip.clock_hz,
+                     "chip_reports": [{"index": r.index, "layer_start": r.layers.start, "layer_stop": r.layers.stop,
+                                       "sram_used_bytes": r.sram_used_bytes, "sram_bytes": r.sram_bytes,
+                                       "what": r.what} for r in c.chip_reports],
+                     "dumped": [str(f) for f in files]})
+        return
+    for line in c.summary_lines():
+        out.print(line, soft_wrap=True)
+    out.print(f"{c.cycles_per_step / c.chip.clock_hz * 1e6:,.2f} µs per decode step at {_si('Hz')(c.chip.clock_hz)}")
+    for f in files:
+        out.print(f"wrote {f}")
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+DEFAULT_PROMPT = "What is an LPU?"
+
+
+@app.command("generate")
+def generate_command(
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The user's message.")] = DEFAULT_PROMPT,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", metavar="N", help="Most tokens to generate.")] = 64,
+    temperature: Annotated[
+        float, typer.Option("--temperature", metavar="T", help="Sampling temperature; 0 is greedy (argmax).")
+    ] = 0.0,
+    top_p: Annotated[
+        float, typer.Option("--top-p", metavar="P", help="Sample only from the likeliest tokens holding mass P.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the sampler.")] = 0,
+    dtype: Annotated[str, typer.Option("--dtype", metavar="fp16|int8", help="Weight type.")] = "fp16",
+    chip: ChipOption = None,
+    model: ModelOption = None,
+    fidelity: Annotated[
+        str, typer.Option("--fidelity", metavar="fast|cycle", help="fast, or cycle: cycle-by-cycle simulation.")
+    ] = "fast",
+    context: Annotated[
+        int | None,
+        typer.Option("--context", metavar="N", help="KV-cache positions to compile for "
+                     "(default: prompt + max tokens, rounded up to a power of two, at least 64)."),
+    ] = None,
+    layers: Annotated[
+        int | None,
+        typer.Option("--layers", metavar="N", help="Debugging aid: compile only the first N layers "
+                     "(quick runs; the text is then meaningless)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate text on the simulated chips: stream the reply, then chips, cycles per token and simulated latency."""
+    # Imported here: compiling pulls in the whole back end, which the other commands do not need.
+    from openlpu.compiler.pipeline import compile_model
+    from openlpu.runtime.session import Fidelity, open_session
+
+    check_sampling(temperature=temperature, top_p=top_p)
+    if fidelity not in {f.value for f in Fidelity}:
+        raise ConfigError(f"--fidelity {fidelity!r}: choose one of {', '.join(f.value for f in Fidelity)}")
+    model_path = model or default_model_path()
+    tokenizer = Tokenizer.from_gguf(model_path)
+    prompt_tokens = len(encode_prompt(tokenizer, prompt))
+    context = default_context(prompt_tokens, max_tokens) if context is None else context
+    check_fits(prompt_tokens, max_tokens, context)
+    compiled = compile_model(model_path, load_chip(chip or DEFAULT_CHIP), dtype=dtype, context=context,
+                             n_layers=layers)
+    session = open_session(compiled, Fidelity(fidelity))
+    g = generate(session, tokenizer, prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                 seed=seed, on_text=None if as_json else lambda text: typer.echo(text, nl=False))
+    s = {"prompt": prompt, "model": str(model_path), **summary(g, compiled, Fidelity(fidelity))}
+    if as_json:
+        _print_json(s)
+    else:
+        typer.echo()
+        _print_generation(s)
+
+
+def _seconds(seconds: float) -> str:
+    """A simulated duration in µs or ms."""
+    return f"{seconds * 1e6:,.3f} µs" if seconds < 1e-3 else f"{seconds * 1e3:,.3f} ms"
+
+
+def _print_generation(s: dict[str, Any]) -> None:
+    """The chips and figures of a `generate` summary (see openlpu.runtime.generate.summary)."""
+    reports = s["chip_reports"]
+    used = sum(r["sram_used_bytes"] for r in reports)
+    out.print(Text(f"{s['chips']} × {s['chip']}: {s['dtype']} weights, KV cache for {s['context']:,} positions and "
+                   f"activations take {mib(used)} of SRAM; one chip holds {mib(reports[0]['sram_bytes'])}",
+                   style="bold"), soft_wrap=True)
+    chips = Table(title="chips", title_justify="left")
+    for column in ("chip", "layers", "SRAM used", "of", "holds"):
+        chips.add_column(column, justify="right" if column in ("SRAM used", "of") else "left")
+    for r in reports:
+        start, stop = r["layer_start"], r["layer_stop"]
+        span = f"blk.{start}-{stop - 1}" if stop > start else "none"
+        chips.add_row(str(r["index"]), span, mib(r["sram_used_bytes"]), mib(r["sram_bytes"]), r["what"])
+    out.print(chips)
+    clock = _si("Hz")(s["clock_hz"])
+    cpt = s["cycles_per_token"]
+    figures = {
+        "cycles per token": f"{cpt:,}" if isinstance(cpt, int) else f"{cpt:,.1f}",
+        "time to first token": f"{_seconds(s['ttft_seconds'])} ({s['prompt_tokens']} prompt tokens at {clock})",
+        "per-token latency": f"{_seconds(s['token_latency_seconds'])} at {clock}",
+        "tokens/s per user": f"{s['tokens_per_second']:,.1f}",
+        "tokens": f"{s['prompt_tokens']} prompt, {s['generated_tokens']} generated (stopped at {s['stop']})",
+        "numerics": s["numerics"],
+        "fidelity": s["fidelity"],
+        "wall time": f"{s['wall_seconds']:,.2f} s (host, not chip)",
+    }
+    table = Table(title="generation (simulated chip time)", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value")
+    for label, value in figures.items():
+        table.add_row(label, value)
+    out.print(table)

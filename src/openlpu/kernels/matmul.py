@@ -31,6 +31,7 @@ from openlpu.isa.program import Check, CheckMode, Placement, Tensor
 from openlpu.isa.types import DType, StreamRef
 from openlpu.kernels.builder import ProgramBuilder, mem_queue, mxm_queue
 from openlpu.kernels.kernel import Kernel
+from openlpu.kernels.vectors import View, write_view
 from openlpu.sim import numerics as nx
 from openlpu.sim.validate import inbound, lw_rows, outbound
 
@@ -164,8 +165,8 @@ def _contract(chip: Chip, a: Tensor, w: Tensor, c: Tensor) -> _Shape:
     if a.cols % lanes or w.rows != a.cols or (c.rows, c.cols) != (a.rows, w.cols):
         problems.append(f"shapes a {a.rows}x{a.cols}, w {w.rows}x{w.cols}, c {c.rows}x{c.cols} must be "
                         f"[M, K] x [K, N] -> [M, N] with K a multiple of {lanes}")
-    if a.placement.interleave != 1 or c.placement.interleave != 1:
-        problems.append("a and c must be row-major (interleave 1)")
+    if a.placement.interleave != 1 or c.placement.interleave not in (1, 2) or c.rows % c.placement.interleave:
+        problems.append("a must be row-major (interleave 1), c row-major or interleaved by 2 (even rows)")
     if w.placement.interleave != lw_rows(chip, w.dtype):
         problems.append(f"w must have interleave {lw_rows(chip, w.dtype)} (the MXM weight layout)")
     if w.placement.first_slice + chip.streams.streams_per_direction > chip.mem.slices_per_hemisphere:
@@ -219,7 +220,7 @@ def _schedule(builder: ProgramBuilder, s: _Shape, a: Tensor, w: Tensor, c: Tenso
                                                       slot=0, accumulate=kt > 0), mc, gap)
                 t = first + (mc - 1) * gap + 1
             drain = max(t - 1 + chip.mxm.abc_latency_cycles, drained)
-            _drain(builder, c, acc_q, drain, mc, c.placement.address + nt * s.m + m0, d_out)
+            _drain(builder, c, acc_q, drain, View(c, nt, 1, m0, mc), d_out)
             drained = drain + mc
             # the next tile's first product into slot m must land after this drain has read slot m
             t = max(t, drain + 1 - chip.mxm.abc_latency_cycles - lw_cycles - chip.mxm.iw_latency_cycles)
@@ -231,12 +232,10 @@ def _first_arrival(builder: ProgramBuilder, h: Hemisphere, slices: tuple[int, ..
     return start + far + builder.chip.mem.read_latency_cycles
 
 
-def _drain(builder: ProgramBuilder, c: Tensor, q, start: int, count: int, address: int, d_out) -> None:
-    """ACC `count` slots from `start` and write them (4 byte planes) to c's slices."""
+def _drain(builder: ProgramBuilder, c: Tensor, q, start: int, rows: View, d_out) -> None:
+    """ACC `rows.count` slots from `start` and write them (4 byte planes) to `rows` of c, whatever its
+    interleave."""
     chip = builder.chip
-    builder.place(q, start, Instruction(op=Opcode.ACC, plane=0, slot=0, out=StreamRef(d_out, 0)), count)
+    builder.place(q, start, Instruction(op=Opcode.ACC, plane=0, slot=0, out=StreamRef(d_out, 0)), rows.count)
     produced = start + chip.mxm.acc_latency_cycles
-    for byte in range(4):
-        mq = mem_queue(c.placement.hemisphere, c.placement.first_slice + byte)
-        builder.place(mq, builder.arrival(builder.position(q), produced, mq),
-                      Instruction(op=Opcode.WRITE, addr=address, a=StreamRef(d_out, byte)), count)
+    write_view(builder, StreamRef(d_out, 0), produced - builder.position(q) * d_out.step, rows)

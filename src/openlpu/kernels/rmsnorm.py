@@ -31,6 +31,7 @@ from openlpu.kernels.reduce import (
     F32,
     OUT_SLICE,
     PARTIAL_IN,
+    PARTIAL_SLICES,
     ROW_IN,
     ROW_SLICES,
     X_IN,
@@ -39,7 +40,6 @@ from openlpu.kernels.reduce import (
     check_fp32,
     fast_reduce,
     padded_blocks,
-    partials,
     reduce_rows,
     tensor,
     tree_depth,
@@ -64,24 +64,51 @@ def rmsnorm(chip: Chip, x: np.ndarray, w: np.ndarray, *, eps: float = 1e-5, name
     b.tensors += [tx, tw, ty, t_inv]
     eps32 = float(np.float32(eps))
     blocks = tx.column_blocks(lanes)
-    ready = reduce_rows(b, RowReduction(Opcode.ADD, m, blocks, _square_feed(tx, lanes),
-                                        _inverse_rms(t_inv, lanes, n, eps32), partials(b, m, blocks)))
-    _scale(b, tx, tw, ty, t_inv, ready)
+    scratch = [tensor(f"partial{i}", Hemisphere.E, s, m, lanes) for i, s in enumerate(PARTIAL_SLICES)]
+    b.tensors += scratch[: min(2, blocks - 1)]
+    emit_rmsnorm(b, tx, tw, ty, t_inv, (scratch[0], scratch[1]), n, eps32)
     b.checks.append(_check(x, blocks, lanes, eps32))
     return Kernel(program=b.build(), predicted_cycles=b.predicted_cycles(),
                   inputs={"x": x, "w": np.asarray(w, np.float32).reshape(1, n)}, assemble=lambda t: t["y"],
                   fast=partial(_fast, lanes, eps32))
 
 
+def emit_rmsnorm(b: ProgramBuilder, tx: Tensor, tw: Tensor, ty: Tensor, t_inv: Tensor,
+                 partials: tuple[Tensor, Tensor], n: int, eps: float, start: int = 0) -> int:
+    """Schedule ty = rmsnorm(tx, tw) over the first `n` columns (the rest are zero) on placed fp32 tensors, no
+    instruction before `start`; returns the first cycle after everything has landed. x and w sit in the west
+    hemisphere; y, the per-row scratch `t_inv` ([M, lanes]) and the fold's two `partials` ([M, lanes]) in the
+    east. `eps` is already an fp32 value."""
+    lanes, m = b.chip.lanes.lanes, tx.rows
+    west = (tx, tw)
+    east = (ty, t_inv, *partials)
+    if any(t.placement.hemisphere is not Hemisphere.W for t in west) or \
+            any(t.placement.hemisphere is not Hemisphere.E for t in east):
+        raise ProgramError(f"rmsnorm {tx.name}: x and w must sit in the west hemisphere, y and the scratch in "
+                           "the east")
+    mark = b.mark()
+    blocks = tx.column_blocks(lanes)
+    rows = (rows_of(partials[0], lanes), rows_of(partials[1], lanes))
+    ready = reduce_rows(b, RowReduction(Opcode.ADD, m, blocks, _square_feed(tx, lanes),
+                                        _inverse_rms(t_inv, lanes, n, eps), rows), start)
+    _scale(b, tx, tw, ty, t_inv, ready)
+    return b.done_since(mark)
+
+
 def _fast(lanes: int, eps: float, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """Passes A and B with the same fp32 operations in the same order, on whole arrays."""
-    x, w = padded_blocks(inputs["x"], lanes), padded_blocks(inputs["w"], lanes)
     n = inputs["x"].shape[1]
+    return fast_rmsnorm(inputs["x"], inputs["w"], n, eps, lanes)[:, :n]
+
+
+def fast_rmsnorm(x: np.ndarray, w: np.ndarray, n: int, eps: float, lanes: int) -> np.ndarray:
+    """Passes A and B with the same fp32 operations in the same order, on whole arrays: x [M, C], w [1, C]
+    with C >= n (columns past n zero); returns [M, blocks * lanes]."""
+    x, w = padded_blocks(x, lanes), padded_blocks(w, lanes)
     total = fast_reduce(Opcode.ADD, lambda j: nx.vxm_binary(Opcode.MUL, x[:, j], x[:, j], F32), x.shape[1])
     mean = nx.vxm_binary(Opcode.MUL, total, immediate(1.0 / n, F32), F32)
     inv_rms = nx.vxm_unary(Opcode.RSQRT, nx.vxm_binary(Opcode.ADD, mean, immediate(eps, F32), F32), F32)
     y = nx.vxm_binary(Opcode.MUL, nx.vxm_binary(Opcode.MUL, x, inv_rms[:, None], F32), w, F32)
-    return y.reshape(len(y), -1)[:, :n]
+    return y.reshape(len(y), -1)
 
 
 def _square_feed(tx: Tensor, lanes: int):

@@ -148,14 +148,20 @@ def mxm_pass(acts: np.ndarray, weights: np.ndarray, dtype: DType,
     """
     if dtype is DType.INT8:
         return (acts.astype(np.int64) @ weights.astype(np.int64)).astype(np.int32)
-    a64, w64 = acts.astype(np.float64), weights.astype(np.float64)
-    if acts.shape[1] > _EXACT_DEPTH or not (np.isfinite(a64).all() and np.isfinite(w64).all()):
-        return (a64 @ w64).astype(np.float32)  # inf/nan propagate as IEEE says; exactness is moot
+    a64 = acts.astype(np.float64)
+    if split is None or not np.isfinite(a64).all():  # a given split is of finite weights
+        w64 = weights.astype(np.float64)
+        if acts.shape[1] > _EXACT_DEPTH or not (np.isfinite(a64).all() and np.isfinite(w64).all()):
+            return (a64 @ w64).astype(np.float32)  # inf/nan propagate as IEEE says; exactness is moot
+        split = _split(w64)
     a_hi, a_lo = _split(a64)
-    w_hi, w_lo = split if split is not None else _split(w64)
-    high = (a_hi @ w_hi) * 2.0**-8  # 2^(40 - 48)
-    middle = (a_hi @ w_lo + a_lo @ w_hi) * 2.0**-28  # 2^(20 - 48)
-    low = (a_lo @ w_lo) * 2.0**-48
+    w_hi, w_lo = split
+    m = len(a_hi)
+    both = np.concatenate([a_hi, a_lo])  # each weight half is read once (memory-bound when M is small)
+    by_hi, by_lo = both @ w_hi, both @ w_lo
+    high = by_hi[:m] * 2.0**-8  # 2^(40 - 48)
+    middle = (by_lo[:m] + by_hi[m:]) * 2.0**-28  # 2^(20 - 48)
+    low = by_lo[m:] * 2.0**-48
     return _round_sum_to_fp32(high, middle, low)
 
 
@@ -163,7 +169,8 @@ _EXACT_DEPTH = 512  # products of 20-bit halves stay below 2^53 summed over up t
 
 
 def split_weights(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The two integer halves `mxm_pass` multiplies fp16 weights as, to reuse across calls."""
+    """The two integer halves `mxm_pass` multiplies fp16 weights as, to reuse across calls (finite weights
+    only: `mxm_pass` trusts a split to be of finite weights)."""
     return _split(weights.astype(np.float64))
 
 

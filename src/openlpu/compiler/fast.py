@@ -1,0 +1,108 @@
+"""The fast path: run a chip graph's arithmetic on whole arrays, with the chip's numerics, without cycles.
+
+Each operation computes what its emitter's instructions compute, with the same functions the simulator uses
+(`openlpu.sim.numerics`), in the same order: elementwise ops vector by vector (order-free), the MXM pass by pass
+with passes folded in K order, RMSNorm as its kernel's fast path. Tensors are held as [rows, cols] arrays of
+their dtype — exactly what the SRAM holds, padding lanes included — so the fast path's results are bit-identical
+to the cycle-exact simulation (tests compare them), and its latency is the schedule's prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from openlpu.compiler.chipgraph import ChipGraph, Matmul, Receive, Ref, RmsNorm, Scatter, Send, TensorDef, Vxm
+from openlpu.errors import InternalError
+from openlpu.isa.opcodes import Opcode
+from openlpu.isa.types import DType
+from openlpu.kernels.rmsnorm import fast_rmsnorm
+from openlpu.sim import numerics as nx
+
+LANES = 320
+UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RECIP, Opcode.RSQRT, Opcode.TANH,
+         Opcode.SIGMOID, Opcode.SILU}
+Splits = dict[tuple[str, int], tuple[np.ndarray, np.ndarray] | None]
+
+
+def take(t: TensorDef, ref: Ref, arr: np.ndarray) -> np.ndarray:
+    """The vectors `ref` names, [count, lanes], in train order (block by block, row by row)."""
+    rows = t.rows if ref.rows is None else ref.rows
+    nb = t.blocks - ref.block0 if ref.blocks is None else ref.blocks
+    idx = ref.row0 + np.arange(rows) * ref.step
+    sub = arr[idx][:, ref.block0 * LANES:(ref.block0 + nb) * LANES]
+    return sub.reshape(rows, nb, LANES).transpose(1, 0, 2).reshape(nb * rows, LANES)
+
+
+def put(t: TensorDef, ref: Ref, arr: np.ndarray, vectors: np.ndarray) -> None:
+    rows = t.rows if ref.rows is None else ref.rows
+    nb = t.blocks - ref.block0 if ref.blocks is None else ref.blocks
+    idx = ref.row0 + np.arange(rows) * ref.step
+    block = vectors.reshape(nb, rows, LANES).transpose(1, 0, 2).reshape(rows, nb * LANES)
+    arr[idx, ref.block0 * LANES:(ref.block0 + nb) * LANES] = block
+
+
+def vxm(op: Vxm, a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    if op.op in UNARY:
+        return nx.vxm_unary(op.op, a, op.dtype)
+    if op.op is Opcode.CAST:
+        return nx.convert(a, op.dtype, op.to)
+    second = b if b is not None else nx.narrow(np.array(op.imm, np.float64 if op.dtype.is_float else np.int64),
+                                               op.dtype)
+    return nx.vxm_binary(op.op, a, second, op.dtype)
+
+
+def matmul(a: np.ndarray, w: np.ndarray, slots: int, split: Callable[[int], tuple[np.ndarray, np.ndarray] | None]
+           ) -> np.ndarray:
+    """`fast_matmul`'s arithmetic, all N tiles of a K tile in one pass call (each column is its own exact sum,
+    so grouping columns changes nothing): passes folded in K order, rows in blocks of `slots`."""
+    out = np.empty((a.shape[0], w.shape[1]), np.float32)
+    for m0 in range(0, a.shape[0], slots):
+        acc = None
+        for kt in range(a.shape[1] // LANES):
+            k = slice(kt * LANES, (kt + 1) * LANES)
+            product = nx.mxm_pass(a[m0:m0 + slots, k], w[k], DType.FP16, split(kt))
+            acc = product if acc is None else nx.accumulate(acc, product, DType.FP16)
+        out[m0:m0 + slots] = acc
+    return out
+
+
+def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, splits: Splits,
+        received: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Run `graph` on `env` (every tensor by name, updated in place). Returns what the chip sends."""
+    tensors, sent = graph.tensors, []
+    for op in graph.ops:
+        if isinstance(op, Vxm):
+            args = [take(tensors[r.name], r, env[r.name]) for r in op.ins]
+            out = vxm(op, args[0], args[1] if len(args) > 1 else None)
+            t = tensors[op.out.name]
+            if op.out.name not in env:
+                env[op.out.name] = np.zeros((t.rows, t.cols), t.dtype.numpy)
+            put(t, op.out, env[op.out.name], out.astype(t.dtype.numpy, copy=False))
+        elif isinstance(op, Matmul):
+            w = env[op.w]
+
+            def split(kt: int, name: str = op.w, w: np.ndarray = w) -> tuple[np.ndarray, np.ndarray] | None:
+                key = (name, kt)
+                if key not in splits:
+                    tile = w[kt * LANES:(kt + 1) * LANES]
+                    splits[key] = nx.split_weights(tile) if np.isfinite(tile).all() else None
+                return splits[key]
+
+            env[op.c] = matmul(env[op.a], w, slots, split)
+        elif isinstance(op, RmsNorm):
+            env[op.y] = fast_rmsnorm(env[op.x], env[op.w], op.n, op.eps, LANES)
+        elif isinstance(op, Scatter):
+            position = int(env[op.index][0, 0])
+            src = take(tensors[op.src.name], op.src, env[op.src.name])
+            dst = env[op.dst]
+            for j, vec in enumerate(src):
+                dst[position, j * LANES:(j + 1) * LANES] = vec
+        elif isinstance(op, Send):
+            sent.append(env[op.src].copy())
+        elif isinstance(op, Receive):
+            env[op.dst] = (received or []).pop(0)
+        else:
+            raise InternalError(f"no fast path for {op!r}")
+    return sent

@@ -1,0 +1,435 @@
+"""Lowering a llama decoder to chip-level operations: decomposition, the fp16 precision choice, and weight layout.
+
+One decode step (one token at position t against a KV cache of `context` rows) becomes, per block:
+
+    h   = rmsnorm(x, attn_norm)                          RmsNorm (x west, h east)
+    qkv = fp16(h) @ [Wq | Wk' | Wq R | Wk' R | Wv']      one MXM matmul, fp32 out
+    r   = qkv[q,k] * cos + qkv[qR,kR] * sin              RoPE: the rotation R folded into the weights (exact)
+    K[t], V[t] = r[k], qkv[v]                            scatters at the host-given position
+    s   = rowsum64(K * q)                                scores: products on the VXM, split hi + lo in fp16,
+                                                          summed per head on the MXM by a 0/1 matrix (exact sum)
+    p   = exp(s - max_rows s);  o = sum_rows(p * V) / sum_rows(p)     trees over rows on the VXM
+    x  += fp16(o) @ Wo;  x += fp16(silu(g) * u) @ Wd  with [g | u] = fp16(rmsnorm(x)) @ [Wg | Wu]
+
+The cache keeps one row per position with the K and V of every *query* head (Wk' and Wv' repeat each KV head's
+columns for its query heads), so every attention vector lines up lane for lane with q, and the only operation
+that mixes lanes is the per-head sum, which the MXM does. Positions past t are masked by lane 600 of the cache
+(1 in an unwritten row, 0 in a written one) times -30000 in q's lane 600: exp of such a score is exactly 0.
+The 1/sqrt(head_dim) scale is folded into q's cos and sin rows (a power of two: exact).
+
+Precision (fp16, the default): weights fp16, every matmul input rounded to fp16, fp32 accumulation; everything on
+the VXM in fp32; the KV cache in fp32.
+
+The host writes, before each step: the token's embedding row (fp32, first chip), the cos and sin rows of its
+position and the position itself (every chip). It reads the logits after the step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from openlpu.compiler.chipgraph import (
+    ChipGraph,
+    Matmul,
+    Operation,
+    Receive,
+    Ref,
+    RmsNorm,
+    Role,
+    Scatter,
+    Send,
+    TensorDef,
+    Vxm,
+)
+from openlpu.errors import ConfigError, DoesNotFitError
+from openlpu.frontends.gguf import GGUFModel
+from openlpu.frontends.llama import LlamaConfig
+from openlpu.hardware.chip import Chip
+from openlpu.hardware.geometry import Hemisphere
+from openlpu.ir.interpret import rope_tables
+from openlpu.isa.opcodes import Opcode
+from openlpu.isa.types import DType
+
+LANES = 320
+F16, F32, I16 = DType.FP16, DType.FP32, DType.INT16
+W, E = Hemisphere.W, Hemisphere.E
+MASK_LANE = 600  # a padding lane of the second block of q and K (576 used lanes)
+MASK_SCORE = -30000.0  # exactly representable in fp16; exp(MASK_SCORE - max) is 0 in fp32
+#: Which hemisphere's MXM holds each of a block's weights (balances the two hemispheres' SRAM).
+WEIGHT_SIDE = {"qkv": W, "o": E, "gu": E, "down": W}
+
+
+def other(h: Hemisphere) -> Hemisphere:
+    return E if h is W else W
+
+
+def padded(n: int) -> int:
+    return math.ceil(n / LANES) * LANES
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The model's sizes as the chip lays them out."""
+
+    cfg: LlamaConfig
+    context: int
+
+    @property
+    def d(self) -> int:
+        return self.cfg.hidden_size
+
+    @property
+    def dp(self) -> int:
+        return padded(self.cfg.hidden_size)
+
+    @property
+    def qdim(self) -> int:
+        return self.cfg.n_heads * self.cfg.head_dim
+
+    @property
+    def qp(self) -> int:
+        return padded(self.qdim)
+
+    @property
+    def fp(self) -> int:
+        return padded(self.cfg.ffn_size)
+
+
+def check_model(cfg: LlamaConfig, context: int) -> None:
+    """What this lowering supports, with a fix for what it does not."""
+    problems = []
+    if cfg.hidden_size != cfg.n_heads * cfg.head_dim:
+        problems.append(f"hidden size {cfg.hidden_size} != heads x head_dim")
+    if LANES % cfg.head_dim:
+        problems.append(f"head_dim {cfg.head_dim} does not divide the {LANES} lanes")
+    if padded(cfg.hidden_size) - cfg.hidden_size < 1 or padded(cfg.hidden_size) <= MASK_LANE:
+        problems.append(f"hidden size {cfg.hidden_size} leaves no padding lane {MASK_LANE} for the causal mask")
+    if problems:
+        raise ConfigError("the chip lowering supports llama models whose heads tile the 320 lanes and leave a "
+                          "padding lane: " + "; ".join(problems))
+    if context < 2 or context & (context - 1) or context > 8192:
+        raise ConfigError(f"context {context}: the compiled context must be a power of two from 2 to 8192 "
+                          "(the attention trees halve it)")
+    if context > cfg.context_length:
+        raise ConfigError(f"context {context} is longer than the model's {cfg.context_length} positions")
+
+
+# -- weights in the chip's layout ----------------------------------------------------------------------------------
+
+
+def _rotate_cols(w: np.ndarray, head_dim: int) -> np.ndarray:
+    """Columns of w [K, H * Dh] so that x @ result = rotate_half(x @ w) per head: [-x2, x1]."""
+    h = w.reshape(w.shape[0], -1, head_dim)
+    half = head_dim // 2
+    return np.concatenate([-h[..., half:], h[..., :half]], axis=-1).reshape(w.shape)
+
+
+def _repeat_kv(w: np.ndarray, cfg: LlamaConfig) -> np.ndarray:
+    """Columns of w [K, G * Dh] repeated so that query head h gets its KV head h // group_size."""
+    h = w.reshape(w.shape[0], cfg.n_kv_heads, cfg.head_dim)
+    return np.repeat(h, cfg.group_size, axis=1).reshape(w.shape[0], -1)
+
+
+def _place(blocks: list[np.ndarray], rows: int, widths: list[int]) -> np.ndarray:
+    """Stack column groups, each padded to its width, under `rows` rows (zero padding): fp16."""
+    out = np.zeros((rows, sum(widths)), np.float16)
+    c = 0
+    for b, width in zip(blocks, widths):
+        out[: b.shape[0], c: c + b.shape[1]] = b
+        c += width
+    return out
+
+
+def layer_weights(model: GGUFModel, i: int, dims: Dims) -> dict[str, np.ndarray]:
+    """Block i's weights as the chip stores them (fp16, [K padded, N laid out]), and its norm rows (fp32)."""
+    cfg, w = model.config, model.weights
+    p = f"blk.{i}."
+    wq, wk, wv = (w[p + f"attn_{n}.weight"].T for n in "qkv")
+    wk, wv = _repeat_kv(wk, cfg), _repeat_kv(wv, cfg)
+    dh, qp = cfg.head_dim, dims.qp
+    return {
+        "qkv": _place([wq, wk, _rotate_cols(wq, dh), _rotate_cols(wk, dh), wv], dims.dp, [qp] * 5),
+        "o": _place([w[p + "attn_output.weight"].T], qp, [dims.dp]),
+        "gu": _place([w[p + "ffn_gate.weight"].T, w[p + "ffn_up.weight"].T], dims.dp, [dims.fp] * 2),
+        "down": _place([w[p + "ffn_down.weight"].T], dims.fp, [dims.dp]),
+        "attn_norm": _row(w[p + "attn_norm.weight"], dims.dp),
+        "ffn_norm": _row(w[p + "ffn_norm.weight"], dims.dp),
+    }
+
+
+def _row(v: np.ndarray, cols: int) -> np.ndarray:
+    out = np.zeros((1, cols), np.float32)
+    out[0, : v.size] = v.ravel()
+    return out
+
+
+def head_weights(model: GGUFModel, dims: Dims) -> dict[str, np.ndarray]:
+    """The final norm row and the LM head [D padded, vocab padded] (the tied embedding when there is no
+    output.weight), cut into a west and an east half of whole column blocks."""
+    w = model.weights
+    table = w.get("output.weight", w["token_embd.weight"])
+    vocab = table.shape[0]
+    blocks = math.ceil(vocab / LANES)
+    west = (blocks + 1) // 2 * LANES
+    full = _place([table.T], dims.dp, [blocks * LANES])
+    return {"head_w": full[:, :west], "head_e": full[:, west:], "output_norm": _row(w["output_norm.weight"], dims.dp)}
+
+
+def score_matrix(dims: Dims) -> np.ndarray:
+    """[2 * qp, qp] fp16: for the hi and the lo half of the products, 1 where row and column are lanes of one
+    head, and the mask lane's row 1 on every used column."""
+    cfg, qp = dims.cfg, dims.qp
+    lane = np.arange(qp)
+    used = lane < dims.qdim
+    same = (lane[:, None] // cfg.head_dim == lane[None, :] // cfg.head_dim) & used[:, None] & used[None, :]
+    same[MASK_LANE] = used
+    one = same.astype(np.float16)
+    return np.concatenate([one, one])
+
+
+def mask_row(dims: Dims) -> np.ndarray:
+    """Added to q: MASK_SCORE in the mask lane, 0 elsewhere."""
+    row = np.zeros((1, dims.qp), np.float32)
+    row[0, MASK_LANE] = MASK_SCORE
+    return row
+
+
+def step_inputs(cfg: LlamaConfig, dims: Dims, position: int) -> dict[str, np.ndarray]:
+    """The rows the host writes before the step at `position`: cos and sin for [q | k] (q's scaled by
+    1/sqrt(head_dim)), and the position as an int16 row (the scatters' lane addresses)."""
+    cos, sin = rope_tables(np.array([position]), cfg.head_dim, cfg.rope_base)
+    scale = cfg.head_dim ** -0.5
+    rows = {}
+    for name, table in (("cos", cos), ("sin", sin)):
+        head = np.tile(table[0].astype(np.float32), cfg.n_heads)
+        row = np.zeros((1, 2 * dims.qp), np.float32)
+        row[0, : dims.qdim] = head * np.float32(scale)
+        row[0, dims.qp: dims.qp + dims.qdim] = head
+        rows[name] = row
+    pos = np.full((1, LANES), position, np.int16)
+    return {**rows, "pos_w": pos, "pos_e": pos}
+
+
+def embedding_row(table: np.ndarray, dims: Dims, token: int) -> np.ndarray:
+    """Row `token` of the embedding table, padded to the chip's columns: the first chip's input."""
+    return _row(table[token], dims.dp)
+
+
+# -- the operation sequence ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Graph:
+    """Builds one chip's tensors and operations; hemispheres follow the data (a VXM op lands on the other side)."""
+
+    tensors: dict[str, TensorDef] = field(default_factory=dict)
+    ops: list[Operation] = field(default_factory=list)
+    data: dict[str, np.ndarray] = field(default_factory=dict)
+    count: int = 0
+
+    def tensor(self, name: str, dtype: DType, rows: int, cols: int, h: Hemisphere, role: Role,
+               data: np.ndarray | None = None, interleave: int = 1) -> Ref:
+        self.tensors[name] = TensorDef(name, dtype, rows, cols, h, role, interleave)
+        if data is not None:
+            self.data[name] = data
+        return Ref(name)
+
+    def shape(self, r: Ref) -> tuple[int, int]:
+        """(rows, blocks) the ref carries."""
+        t = self.tensors[r.name]
+        return (t.rows if r.rows is None else r.rows), (t.blocks - r.block0 if r.blocks is None else r.blocks)
+
+    def side(self, r: Ref) -> Hemisphere:
+        return self.tensors[r.name].hemisphere
+
+    def temp(self, stem: str, dtype: DType, rows: int, blocks: int, h: Hemisphere, interleave: int = 1) -> Ref:
+        self.count += 1
+        return self.tensor(f"{stem}_{self.count}", dtype, rows, blocks * LANES, h, Role.ACT, interleave=interleave)
+
+    def vxm(self, op: Opcode, dtype: DType, ins: list[Ref], stem: str, *, imm: float | None = None,
+            to: DType | None = None, out: Ref | None = None, interleave: int = 1) -> Ref:
+        h = self.side(ins[0])
+        ins = [self.ensure(r, h) for r in ins]
+        rows, blocks = self.shape(ins[0])
+        if out is None:
+            out = self.temp(stem, to or dtype, rows, blocks, other(h), interleave)
+        self.ops.append(Vxm(op, dtype, tuple(ins), out, imm, to))
+        return out
+
+    def ensure(self, r: Ref, h: Hemisphere) -> Ref:
+        """r itself if it sits in h, else a copy there."""
+        if self.side(r) is h:
+            return r
+        t = self.tensors[r.name]
+        return self.vxm(Opcode.COPY, t.dtype, [r], f"{r.name}_to{h.value}")
+
+    def matmul(self, a: Ref, w: Ref, stem: str, interleave: int = 1) -> Ref:
+        h = self.side(w)
+        a = self.ensure(a, h)
+        rows, _ = self.shape(a)
+        c = self.temp(stem, F32, rows, self.tensors[w.name].blocks, h, interleave)
+        self.ops.append(Matmul(a.name, w.name, c.name))
+        return c
+
+    def whole(self, r: Ref) -> Ref:
+        """A tensor holding exactly r's vectors (r itself when it is a whole tensor)."""
+        t = self.tensors[r.name]
+        if r.block0 == 0 and r.blocks in (None, t.blocks) and r.rows is None:
+            return r
+        return self.vxm(Opcode.COPY, t.dtype, [r], f"{r.name}_part")
+
+    def tree(self, op: Opcode, x: Ref, stem: str) -> Ref:
+        """op over the rows of x (power-of-two rows, interleaved by 2): pairs of rows, level by level."""
+        rows, blocks = self.shape(x)
+        while rows > 1:
+            half = rows // 2
+            even = Ref(x.name, row0=0, rows=half, step=2)
+            odd = Ref(x.name, row0=1, rows=half, step=2)
+            x = self.vxm(op, F32, [even, odd], stem, interleave=2 if half > 1 else 1)
+            rows = half
+        return x
+
+
+def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref) -> Ref:
+    t_rows, qb = dims.context, dims.qp // LANES
+    ws = layer_weights(model, i, dims)
+    p = f"l{i}_"
+    wt = {k: g.tensor(p + k, F16, v.shape[0], v.shape[1], WEIGHT_SIDE[k], Role.WEIGHT, v, interleave=16)
+          for k, v in ws.items() if k in WEIGHT_SIDE}
+    norms = {k: g.tensor(p + k, F32, 1, dims.dp, W, Role.CONST, ws[k]) for k in ("attn_norm", "ffn_norm")}
+    k_init = np.zeros((t_rows, dims.qp), np.float32)
+    k_init[:, MASK_LANE] = 1.0
+    kc = g.tensor(p + "k_cache", F32, t_rows, dims.qp, E, Role.STATE, k_init)
+    vc = g.tensor(p + "v_cache", F32, t_rows, dims.qp, W, Role.STATE, np.zeros((t_rows, dims.qp), np.float32))
+
+    x = g.ensure(x, W)
+    h = _rmsnorm(g, x, norms["attn_norm"], dims, p + "h")
+    qkv = g.matmul(g.vxm(Opcode.CAST, F32, [h], p + "h16", to=F16), wt["qkv"], p + "qkv")
+    t1 = g.vxm(Opcode.MUL, F32, [Ref(qkv.name, 0, 2 * qb), Ref("cos")], p + "rope_c")
+    t2 = g.vxm(Opcode.MUL, F32, [Ref(qkv.name, 2 * qb, 2 * qb), Ref("sin")], p + "rope_s")
+    r = g.vxm(Opcode.ADD, F32, [t1, t2], p + "rope")
+    q = g.vxm(Opcode.ADD, F32, [Ref(r.name, 0, qb), Ref("qmask")], p + "q")
+    g.ops.append(Scatter(Ref(r.name, qb, qb), kc.name, "pos_w"))
+    v = g.ensure(Ref(qkv.name, 4 * qb, qb), E)
+    g.ops.append(Scatter(v, vc.name, "pos_e"))
+    # scores: K * q on the VXM, split into fp16 hi + lo, summed per head on the MXM
+    prod = g.vxm(Opcode.MUL, F32, [kc, Ref(q.name, rows=t_rows, step=0)], p + "qk")
+    hi = g.vxm(Opcode.CAST, F32, [prod], p + "qk_hi", to=F16)
+    rest = g.vxm(Opcode.SUB, F32, [prod, g.vxm(Opcode.CAST, F16, [hi], p + "qk_hi32", to=F32)], p + "qk_rest")
+    split = g.tensor(p + "qk_split", F16, t_rows, 2 * dims.qp, W, Role.ACT)
+    g.vxm(Opcode.CAST, F32, [rest], "", to=F16, out=Ref(split.name, qb, qb))
+    g.vxm(Opcode.COPY, F16, [hi], "", out=Ref(split.name, 0, qb))
+    scores = g.matmul(split, Ref("scores_ones"), p + "scores", interleave=2)
+    top = g.tree(Opcode.MAX, scores, p + "max")
+    shifted = g.vxm(Opcode.SUB, F32, [scores, _broadcast(g, top, scores, t_rows)], p + "shifted")
+    e = g.vxm(Opcode.EXP, F32, [shifted], p + "exp", interleave=2)
+    total = g.tree(Opcode.ADD, e, p + "sum")
+    weighted = g.vxm(Opcode.MUL, F32, [e, vc], p + "pv", interleave=2)
+    o = g.tree(Opcode.ADD, weighted, p + "o_sum")
+    o = g.vxm(Opcode.MUL, F32, [o, g.vxm(Opcode.RECIP, F32, [total], p + "inv_sum")], p + "o")
+    att = g.matmul(g.vxm(Opcode.CAST, F32, [o], p + "o16", to=F16), wt["o"], p + "att")
+    x = g.vxm(Opcode.ADD, F32, [att, x], p + "x_att")
+    # feed-forward
+    x = g.ensure(x, W)
+    h = _rmsnorm(g, x, norms["ffn_norm"], dims, p + "h2")
+    gu = g.matmul(g.vxm(Opcode.CAST, F32, [h], p + "h2_16", to=F16), wt["gu"], p + "gu")
+    fb = dims.fp // LANES
+    act = g.vxm(Opcode.SILU, F32, [Ref(gu.name, 0, fb)], p + "silu")
+    prod = g.vxm(Opcode.MUL, F32, [act, Ref(gu.name, fb, fb)], p + "glu")
+    down = g.matmul(g.vxm(Opcode.CAST, F32, [prod], p + "glu16", to=F16), wt["down"], p + "down")
+    return g.vxm(Opcode.ADD, F32, [down, x], p + "x")
+
+
+def _broadcast(g: _Graph, row: Ref, like: Ref, rows: int) -> Ref:
+    r = g.ensure(row, g.side(like))
+    return Ref(r.name, rows=rows, step=0)
+
+
+def _rmsnorm(g: _Graph, x: Ref, w: Ref, dims: Dims, stem: str) -> Ref:
+    x = g.whole(g.ensure(x, W))
+    y = g.tensor(stem, F32, 1, dims.dp, E, Role.ACT)
+    op = RmsNorm(x.name, w.name, y.name, dims.d, float(np.float32(dims.cfg.rms_eps)))
+    for s in op.scratch:
+        g.tensor(s, F32, 1, LANES, E, Role.ACT)
+    g.ops.append(op)
+    return y
+
+
+def _head(g: _Graph, dims: Dims, model: GGUFModel, x: Ref) -> None:
+    ws = head_weights(model, dims)
+    norm = g.tensor("output_norm", F32, 1, dims.dp, W, Role.CONST, ws["output_norm"])
+    h = _rmsnorm(g, x, norm, dims, "final")
+    h16 = g.vxm(Opcode.CAST, F32, [h], "final16", to=F16)
+    for side, key in ((W, "head_w"), (E, "head_e")):
+        w = g.tensor(key, F16, ws[key].shape[0], ws[key].shape[1], side, Role.WEIGHT, ws[key], interleave=16)
+        c = g.tensor(f"logits_{side.value}", F32, 1, ws[key].shape[1], side, Role.OUTPUT)
+        g.ops.append(Matmul(g.ensure(h16, side).name, w.name, c.name))
+
+
+def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first: bool, last: bool) -> ChipGraph:
+    """The chip graph for `layers` (and the head when `last`). The first chip takes the embedding row from the
+    host; the others receive the hidden state from the previous chip, and all but the last send it on."""
+    g = _Graph()
+    qp = dims.qp
+    g.tensor("cos", F32, 1, 2 * qp, W, Role.INPUT)
+    g.tensor("sin", F32, 1, 2 * qp, W, Role.INPUT)
+    g.tensor("pos_w", I16, 1, LANES, W, Role.INPUT)
+    g.tensor("pos_e", I16, 1, LANES, E, Role.INPUT)
+    if len(layers):
+        g.tensor("qmask", F32, 1, qp, W, Role.CONST, mask_row(dims))
+        g.tensor("scores_ones", F16, 2 * qp, qp, W, Role.CONST, score_matrix(dims), interleave=16)
+    x = g.tensor("x_in", F32, 1, dims.dp, W, Role.INPUT if first else Role.ACT)
+    if not first:
+        g.ops.append(Receive(x.name))
+    for i in layers:
+        x = _layer(g, dims, model, i, x)
+    if last:
+        _head(g, dims, model, x)
+    else:
+        x = g.whole(g.ensure(x, W))
+        g.ops.append(Send(x.name))
+    return ChipGraph(index, layers, dict(g.tensors), tuple(g.ops), dict(g.data))
+
+
+def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = None) -> list[range]:
+    """Consecutive layer ranges, one per chip, each chip's MXM weights fitting the weight band of each
+    hemisphere (the head on the last chip): the fewest chips that hold the model, or exactly `chips`, the
+    layers shared out as evenly as the capacities allow."""
+    band = chip.mem.addresses_per_slice
+    layer = {h: sum(_weight_vectors(v, chip) for k, v in layer_weights(model, 0, dims).items()
+                    if WEIGHT_SIDE.get(k) is h) for h in (W, E)}
+    head = head_weights(model, dims)
+    head_need = {W: _weight_vectors(head["head_w"], chip), E: _weight_vectors(head["head_e"], chip)}
+    ones = {W: _weight_vectors(score_matrix(dims), chip), E: 0}
+
+    def most(with_head: bool) -> int:
+        free = {h: band - ones[h] - with_head * head_need[h] for h in (W, E)}
+        return max(0, min(free[h] // layer[h] for h in (W, E)))
+
+    per_chip, on_last = most(False), most(True)
+    if per_chip == 0 or any(head_need[h] > band for h in (W, E)):
+        raise DoesNotFitError(f"one block's MXM weights ({layer[W]} + {layer[E]} vectors per slice) or the head "
+                              f"({head_need[W]} + {head_need[E]}) do not fit {chip.name}'s {band} addresses per "
+                              "slice; use a chip with more SRAM per slice")
+    n = model.config.n_layers
+    fewest = 1 + math.ceil(max(0, n - on_last) / per_chip)
+    if chips is not None and chips < fewest:
+        raise DoesNotFitError(f"the model's weights in the MXM layout need {fewest} {chip.name} chips; {chips} "
+                              f"were asked for. Ask for {fewest} or more")
+    count = chips or fewest
+    caps = [per_chip] * (count - 1) + [on_last]
+    sizes = [0] * count
+    for _ in range(n):  # one layer at a time to the emptiest chip with room: as even as the capacities allow
+        i = min((i for i in range(count) if sizes[i] < caps[i]), key=lambda i: (sizes[i], -i))
+        sizes[i] += 1
+    starts = np.cumsum([0, *sizes])
+    return [range(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+
+
+def _weight_vectors(w: np.ndarray, chip: Chip) -> int:
+    """Addresses per slice an fp16 weight [K, N] takes in the MXM layout (16 rows per address, 32 slices)."""
+    rows_per_address = chip.streams.streams_per_direction // 2
+    return math.ceil(w.shape[0] / rows_per_address) * math.ceil(w.shape[1] / LANES)

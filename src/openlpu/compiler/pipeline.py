@@ -1,0 +1,140 @@
+"""The compiler pipeline, one readable function: model -> chip graphs -> placement -> schedule -> programs.
+
+    load      GGUF -> fp32 weights and config                       (openlpu.frontends.gguf)
+    split     layers -> chips, by MXM weight capacity                (lower.split_layers)
+    lower     decomposition + precision + weight layout per chip     (lower.lower_chip)
+    place     SRAM slices and addresses, liveness reuse              (place.place, checked by place.check)
+    schedule  exact cycles, per-queue programs, C2C sends/receives   (schedule.schedule)
+
+`compile_model` returns a `CompiledModel`; `openlpu compile --dump DIR` writes every stage's text form.
+Scheduled programs are cached on disk (openlpu.compiler.cache), keyed by model file, chip, options and the
+compiler's own source, so a second run skips placement and scheduling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from openlpu.compiler.cache import cached, file_identity
+from openlpu.compiler.chipgraph import ChipGraph
+from openlpu.compiler.lower import Dims, check_model, lower_chip, split_layers
+from openlpu.compiler.place import check, place, used_bytes
+from openlpu.compiler.schedule import Scheduled, link_arrivals, schedule
+from openlpu.errors import ConfigError
+from openlpu.frontends.gguf import GGUFModel, load_gguf
+from openlpu.frontends.llama import LlamaConfig
+from openlpu.frontends.models import default_model_path
+from openlpu.hardware.chip import Chip
+from openlpu.isa.asm import print_program
+from openlpu.isa.program import Tensor
+
+DTYPES = ("fp16",)
+
+
+@dataclass(frozen=True)
+class ChipReport:
+    index: int
+    layers: range
+    sram_used_bytes: int
+    sram_bytes: int
+    what: str
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    chip: Chip
+    chips: int
+    dtype: str
+    context: int
+    n_layers: int
+    chip_reports: tuple[ChipReport, ...]
+    cycles_per_step: int
+    model_name: str
+    config: LlamaConfig
+    embedding: np.ndarray = dataclasses.field(repr=False)  # [vocab, hidden] fp32: the host's lookup table
+    dims: Dims = dataclasses.field(repr=False)
+    graphs: tuple[ChipGraph, ...] = dataclasses.field(repr=False)
+    placements: tuple[dict[str, Tensor], ...] = dataclasses.field(repr=False)
+    scheduled: tuple[Scheduled, ...] = dataclasses.field(repr=False)
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"{self.chips} x {self.chip.name}, {self.dtype}, context {self.context}, "
+                 f"{self.cycles_per_step:,} cycles per decode step"]
+        for r in self.chip_reports:
+            lines.append(f"chip {r.index}: {r.what}; SRAM {r.sram_used_bytes / 2**20:.1f} of "
+                         f"{r.sram_bytes / 2**20:.1f} MiB")
+        return lines
+
+
+def compile_model(model: str | Path | GGUFModel | None, chip: Chip, *, dtype: str = "fp16", context: int,
+                  n_layers: int | None = None, chips: int | None = None) -> CompiledModel:
+    """Compile the decode step of a llama GGUF model (default: the embedded SmolLM2) for `chip`s. A model given
+    by path is compiled once per (file, chip, options, compiler source) and then read from the disk cache."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype}: the chip compiler emits fp16 programs only so far (int8 weights are "
+                          "sized by `openlpu plan` but not compiled yet); use --dtype fp16")
+    if isinstance(model, GGUFModel):
+        return _compile(model, chip, dtype, context, chips)
+    path = Path(model) if model is not None else default_model_path()
+    key = {"model": file_identity(path), "chip": chip, "dtype": dtype, "context": context, "n_layers": n_layers,
+           "chips": chips}
+    return cached("compiled", key, lambda: _compile(load_gguf(path, n_layers=n_layers), chip, dtype, context, chips))
+
+
+def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int | None) -> CompiledModel:
+    dims = Dims(model.config, context)
+    check_model(model.config, context)
+    ranges = split_layers(model, dims, chip, chips)
+    graphs = tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1)
+                   for i, r in enumerate(ranges))
+    placements, scheduled, arrivals = [], [], ()
+    for g in graphs:
+        placed = place(g, chip)
+        check(g, placed, chip)
+        s = schedule(g, placed, chip, arrivals=arrivals)
+        arrivals = link_arrivals(chip, s.sent)
+        placements.append(placed)
+        scheduled.append(s)
+    sram = chip.mem.slices_per_hemisphere * 2 * chip.mem.addresses_per_slice * chip.lanes.lanes
+    reports = tuple(ChipReport(g.index, g.layers, used_bytes(p, chip), sram, _what(g, len(graphs)))
+                    for g, p in zip(graphs, placements))
+    return CompiledModel(chip, len(graphs), dtype, context, model.config.n_layers, reports,
+                         max(s.predicted_cycles for s in scheduled), model.name, model.config,
+                         np.asarray(model.weights["token_embd.weight"], np.float32), dims, graphs,
+                         tuple(placements), tuple(scheduled))
+
+
+def _what(g: ChipGraph, chips: int) -> str:
+    parts = [f"blocks {g.layers.start}-{g.layers.stop - 1}" if len(g.layers) else "no blocks"]
+    if g.index == chips - 1:
+        parts.append("final norm + LM head")
+    return ", ".join(parts)
+
+
+def dump(c: CompiledModel, directory: Path) -> list[Path]:
+    """Write every stage's text form: the split, each chip's lowered graph, its placement, its schedule (each
+    operation's start and done cycles) and its program (assembly). Returns the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def write(name: str, text: str) -> None:
+        path = directory / name
+        path.write_text(text + "\n")
+        written.append(path)
+
+    write("0-split.txt", "\n".join(c.summary_lines()))
+    lanes = c.chip.lanes.lanes
+    for g, placed, s in zip(c.graphs, c.placements, c.scheduled):
+        write(f"1-lowered.chip{g.index}.txt", str(g))
+        rows = [f"{t.name} {t.placement.hemisphere.value} slices {t.slices_used().start}-{t.slices_used().stop - 1}"
+                f" addresses {t.addresses_used(lanes).start}-{t.addresses_used(lanes).stop - 1}"
+                for t in placed.values()]
+        write(f"2-placed.chip{g.index}.txt", "\n".join(rows))
+        write(f"3-scheduled.chip{g.index}.txt",
+              "\n".join(f"{a:>9} {b:>9}  {op}" for (a, b), op in zip(s.spans, g.ops)))
+        write(f"4-program.chip{g.index}.s", print_program(s.program))
+    return written

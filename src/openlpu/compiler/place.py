@@ -1,0 +1,168 @@
+"""SRAM placement: a slice range and an address range for every tensor of a chip graph.
+
+Rules (what the emitters and the hardware need):
+- MXM weights (interleave 16, fp16) take the 32 slices nearest their hemisphere's MXM, stacked from address 0.
+- Every other tensor takes one group of 4 slices (fp32 interleaved by 2: two groups): the first group, counted
+  from the VXM, with room at some address, at the lowest such address (first fit keeps the other groups free
+  for the tensors an operation must read alongside).
+- Tensors one operation reads (or writes) together in one hemisphere sit on disjoint slices: a slice streams
+  one vector per cycle.
+- An activation holds its addresses only from the operation that first touches it to the last one; weights,
+  constants, inputs, state and outputs hold theirs for the whole program (liveness-based reuse).
+A graph that does not fit raises DoesNotFitError naming the tensor and the hemisphere.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from openlpu.compiler.chipgraph import ChipGraph, Matmul, RmsNorm, Role, Scatter, TensorDef, Vxm
+from openlpu.errors import DoesNotFitError, InternalError
+from openlpu.hardware.chip import Chip
+from openlpu.hardware.geometry import Hemisphere
+from openlpu.isa.program import Placement, Tensor
+
+GROUP = 4  # slices per group: one fp32 vector's byte planes
+
+
+@dataclass(frozen=True, slots=True)
+class _Box:
+    slices: range
+    lo: int
+    hi: int
+    t0: int
+    t1: int
+
+
+def lifetimes(graph: ChipGraph) -> dict[str, tuple[int, int]]:
+    """[first, last] operation index touching each tensor; the whole program for non-activations."""
+    end = len(graph.ops)
+    span: dict[str, tuple[int, int]] = {}
+    for i, op in enumerate(graph.ops):
+        for name in (*op.reads(), *op.writes()):
+            a, _ = span.get(name, (i, i))
+            span[name] = (a, i)
+    return {name: (span.get(name, (0, 0)) if t.role is Role.ACT else (0, end)) for name, t in graph.tensors.items()}
+
+
+def together(graph: ChipGraph) -> dict[str, set[str]]:
+    """For each tensor, the tensors some operation streams at the same time in the same hemisphere."""
+    pairs: dict[str, set[str]] = defaultdict(set)
+    for op in graph.ops:
+        if isinstance(op, Vxm):
+            groups = [{r.name for r in op.ins}]
+        elif isinstance(op, Matmul):
+            groups = [{op.a, op.w, op.c}]
+        elif isinstance(op, Scatter):
+            groups = [{op.src.name, op.index}]
+        elif isinstance(op, RmsNorm):
+            groups = [{op.x, op.w}, {op.y, *op.scratch}]
+        else:
+            groups = []
+        for g in groups:
+            for name in g:
+                pairs[name] |= g - {name}
+    return pairs
+
+
+def _width(t: TensorDef) -> int:
+    return t.dtype.width_bytes * min(t.interleave, t.rows)
+
+
+def _vectors(t: TensorDef) -> int:
+    """Addresses per slice: column blocks x rows per interleave group."""
+    return t.blocks * -(-t.rows // t.interleave)
+
+
+def place(graph: ChipGraph, chip: Chip) -> dict[str, Tensor]:
+    slices, depth = chip.mem.slices_per_hemisphere, chip.mem.addresses_per_slice
+    band = chip.streams.streams_per_direction  # MXM weight slices
+    life, near = lifetimes(graph), together(graph)
+    boxes: dict[Hemisphere, list[_Box]] = {h: [] for h in Hemisphere}
+    placed: dict[str, Tensor] = {}
+    top = {h: 0 for h in Hemisphere}
+    weights = [t for t in graph.tensors.values() if t.interleave * t.dtype.width_bytes == band]
+    for t in weights:
+        h, size = t.hemisphere, _vectors(t)
+        if top[h] + size > depth:
+            raise DoesNotFitError(f"chip {graph.index}: weight {t.name} ({size} addresses per slice) does not fit "
+                                  f"the {band} weight slices of the {h.value} hemisphere: {top[h]} of {depth} "
+                                  "addresses are taken; split the model over more chips")
+        first = slices - band
+        boxes[h].append(_Box(range(first, slices), top[h], top[h] + size, 0, len(graph.ops)))
+        placed[t.name] = _tensor(t, first, top[h])
+        top[h] += size
+    for t in graph.tensors.values():
+        if t.name in placed:
+            continue
+        h = t.hemisphere
+        t0, t1 = life[t.name]
+        avoid = {s for other in near.get(t.name, ()) if other in placed
+                 and placed[other].placement.hemisphere is h for s in placed[other].slices_used()}
+        best = None
+        for first in range(0, slices - _width(t) + 1, GROUP):
+            span = range(first, first + _width(t))
+            if avoid.intersection(span):
+                continue
+            lo = _lowest(boxes[h], span, _vectors(t), t0, t1)
+            if lo + _vectors(t) <= depth:
+                best = (first, lo)
+                break
+        if best is None:
+            raise DoesNotFitError(f"chip {graph.index}: {t.role.value} tensor {t.name} ({_vectors(t)} addresses "
+                                  f"on {_width(t)} slices) finds no room in the {h.value} hemisphere; compile a "
+                                  "shorter context or split the model over more chips")
+        boxes[h].append(_Box(range(best[0], best[0] + _width(t)), best[1], best[1] + _vectors(t), t0, t1))
+        placed[t.name] = _tensor(t, *best)
+    return placed
+
+
+def _lowest(boxes: list[_Box], span: range, size: int, t0: int, t1: int) -> int:
+    """The lowest address at which `size` addresses on `span` are free from operation t0 to t1."""
+    taken = sorted((b.lo, b.hi) for b in boxes if b.slices.start < span.stop and span.start < b.slices.stop
+                   and b.t0 <= t1 and t0 <= b.t1)
+    at = 0
+    for lo, hi in taken:
+        if lo >= at + size:
+            break
+        at = max(at, hi)
+    return at
+
+
+def _tensor(t: TensorDef, first_slice: int, address: int) -> Tensor:
+    return Tensor(name=t.name, dtype=t.dtype, rows=t.rows, cols=t.cols,
+                  placement=Placement(hemisphere=t.hemisphere, first_slice=first_slice, address=address,
+                                      interleave=t.interleave))
+
+
+def used_bytes(placed: dict[str, Tensor], chip: Chip) -> int:
+    """SRAM the placement occupies: per slice, addresses up to the highest one any tensor uses, in bytes."""
+    lanes = chip.lanes.lanes
+    high: dict[tuple[Hemisphere, int], int] = defaultdict(int)
+    for t in placed.values():
+        for s in t.slices_used():
+            key = (t.placement.hemisphere, s)
+            high[key] = max(high[key], t.addresses_used(lanes).stop)
+    return sum(high.values()) * lanes
+
+
+def check(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip) -> None:
+    """The placement verifier: every tensor inside the SRAM, and no two tensors that are live at the same time
+    share an address of a slice. Raises InternalError (a compiler bug) naming both."""
+    lanes, life = chip.lanes.lanes, lifetimes(graph)
+    missing = set(graph.tensors) - set(placed)
+    if missing:
+        raise InternalError(f"chip {graph.index}: tensors {sorted(missing)[:3]} were not placed")
+    items = [(t, t.slices_used(), t.addresses_used(lanes), life[n]) for n, t in placed.items()]
+    for t, s, a, _ in items:
+        if s.stop > chip.mem.slices_per_hemisphere or a.stop > chip.mem.addresses_per_slice:
+            raise InternalError(f"chip {graph.index}: {t.name} falls outside the SRAM (slices {s}, addresses {a})")
+    items.sort(key=lambda x: (x[0].placement.hemisphere.value, x[2].start))
+    for i, (t, s, a, (t0, t1)) in enumerate(items):
+        for u, s2, a2, (u0, u1) in items[i + 1:]:
+            if u.placement.hemisphere is not t.placement.hemisphere or a2.start >= a.stop:
+                break
+            if s.start < s2.stop and s2.start < s.stop and t0 <= u1 and u0 <= t1:
+                raise InternalError(f"chip {graph.index}: {t.name} and {u.name} share SRAM while both are live "
+                                    f"(operations {max(t0, u0)}..{min(t1, u1)})")

@@ -1,0 +1,128 @@
+"""Scheduling and emission: a placed chip graph becomes one program, every instruction at an exact cycle.
+
+Operations run one after another: each starts when everything the previous one wrote has landed (the emitters
+return that cycle), so no two operations ever share a unit, a stream or a bank, and the program's cycle count is
+known before it runs. Inside an operation the emitters overlap what the hardware allows (the matmul loads the
+next weight tile while the current one multiplies; reads stream one vector per cycle).
+
+Chip-to-chip: `Send` reads each byte plane of its tensor onto an eastward stream to reach the east link one
+serialisation time apart; `Receive` takes each vector as soon as it has arrived over the link (the sender's
+cycles are known, so the receiver's schedule is too) and writes it in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from openlpu.compiler.chipgraph import ChipGraph, Matmul, Receive, RmsNorm, Role, Scatter, Send, Vxm
+from openlpu.errors import InternalError
+from openlpu.hardware.chip import Chip
+from openlpu.hardware.geometry import Hemisphere
+from openlpu.isa.instruction import Instruction
+from openlpu.isa.opcodes import Opcode
+from openlpu.isa.program import Program, Tensor
+from openlpu.isa.types import Direction, DType, QueueId, StreamRef, Unit
+from openlpu.kernels.builder import ProgramBuilder, mem_queue
+from openlpu.kernels.matmul import emit_matmul
+from openlpu.kernels.rmsnorm import emit_rmsnorm
+from openlpu.kernels.vectors import View, emit_scatter, emit_vxm, read_view
+
+EAST_LINK, WEST_LINK = QueueId(Unit.C2C, Hemisphere.E, 0), QueueId(Unit.C2C, Hemisphere.W, 0)
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A chip's program, its cycle count, each operation's (start, done) cycles, and when its sent vectors
+    leave (for the next chip's receives)."""
+
+    program: Program
+    predicted_cycles: int
+    spans: tuple[tuple[int, int], ...]
+    sent: tuple[int, ...]
+
+
+def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrivals: tuple[int, ...] = (),
+             name: str = "step") -> Scheduled:
+    """Emit `graph` on `chip`. `arrivals`: the cycles at which the vectors this chip receives arrive."""
+    b = ProgramBuilder(chip, f"{name}.chip{graph.index}")
+    # Activations share addresses over time, so only what outlives the step is declared (loaded, read back).
+    b.tensors += [placed[t.name] for t in graph.tensors.values() if t.role is not Role.ACT]
+    lanes = chip.lanes.lanes
+    t, spans, sent = 0, [], ()
+
+    def view(ref) -> View:
+        tensor = placed[ref.name]
+        nb = tensor.column_blocks(lanes) - ref.block0 if ref.blocks is None else ref.blocks
+        rows = tensor.rows if ref.rows is None else ref.rows
+        return View(tensor, ref.block0, nb, ref.row0, rows, ref.step)
+
+    for op in graph.ops:
+        start = t
+        if isinstance(op, Vxm):
+            t = emit_vxm(b, op.op, op.dtype, [view(r) for r in op.ins], view(op.out), t, imm=op.imm, to=op.to)
+        elif isinstance(op, Matmul):
+            t = emit_matmul(b, placed[op.a], placed[op.w], placed[op.c], t)
+        elif isinstance(op, RmsNorm):
+            inv, p0, p1 = (placed[s] for s in op.scratch)
+            t = emit_rmsnorm(b, placed[op.x], placed[op.w], placed[op.y], inv, (p0, p1), op.n, op.eps, t)
+        elif isinstance(op, Scatter):
+            t = emit_scatter(b, view(op.src), placed[op.dst], View.of(placed[op.index], lanes), t)
+        elif isinstance(op, Send):
+            t, sent = _send(b, placed[op.src], t)
+        elif isinstance(op, Receive):
+            t = _receive(b, placed[op.dst], arrivals, t)
+        else:
+            raise InternalError(f"no emitter for {op!r}")
+        spans.append((start, t))
+    return Scheduled(b.build(), b.predicted_cycles(), tuple(spans), sent)
+
+
+def _planes(t: Tensor, lanes: int) -> list[tuple[int, int]]:
+    """(block, byte) of every stream-vector of a one-row tensor, in the order links carry them."""
+    return [(j, byte) for j in range(t.column_blocks(lanes)) for byte in range(t.dtype.width_bytes)]
+
+
+def _send(b: ProgramBuilder, t: Tensor, start: int) -> tuple[int, tuple[int, ...]]:
+    """Each byte plane of one-row `t` (west) to the east link, one per serialisation time."""
+    chip, lanes = b.chip, b.chip.lanes.lanes
+    target, gap = b.position(EAST_LINK), chip.serialisation_cycles
+    far = max(abs(target - b.position(mem_queue(t.placement.hemisphere, s))) for s in t.slices_used())
+    first = start + far + chip.mem.read_latency_cycles
+    sent = []
+    for k, (j, byte) in enumerate(_planes(t, lanes)):
+        cycle = first + k * gap
+        plane = View(_byte_plane(t, byte), j, 1, 0, 1)
+        read_view(b, plane, StreamRef(Direction.E, 0), target, cycle)
+        b.place(EAST_LINK, cycle, Instruction(op=Opcode.SEND, a=StreamRef(Direction.E, 0)))
+        sent.append(cycle)
+    return sent[-1] + 1, tuple(sent)
+
+
+def _receive(b: ProgramBuilder, t: Tensor, arrivals: tuple[int, ...], start: int) -> int:
+    """Take each vector off the west link as soon as it has arrived and write it to its plane of `t`."""
+    chip, lanes = b.chip, b.chip.lanes.lanes
+    planes = _planes(t, lanes)
+    if len(arrivals) != len(planes):
+        raise InternalError(f"{t.name}: {len(planes)} vectors to receive, {len(arrivals)} sent")
+    here, cycle, done = b.position(WEST_LINK), start, start
+    out = StreamRef(Direction.E, 0)
+    for (j, byte), arrive in zip(planes, arrivals):
+        cycle = max(cycle, arrive)
+        b.place(WEST_LINK, cycle, Instruction(op=Opcode.RECEIVE, out=out))
+        q = mem_queue(t.placement.hemisphere, t.placement.first_slice + byte)
+        at = cycle + chip.c2c.receive_latency_cycles + abs(b.position(q) - here)
+        b.place(q, at, Instruction(op=Opcode.WRITE, addr=t.placement.address + j * t.rows_per_group(), a=out))
+        done = max(done, at + chip.mem.write_latency_cycles + 1)
+        cycle += 1
+    return done
+
+
+def _byte_plane(t: Tensor, byte: int) -> Tensor:
+    """Byte plane `byte` of t as an int8 tensor on its own slice (for reading one plane onto one stream)."""
+    p = t.placement
+    return replace(t, dtype=DType.INT8, placement=replace(p, first_slice=p.first_slice + byte))
+
+
+def link_arrivals(chip: Chip, sent: tuple[int, ...]) -> tuple[int, ...]:
+    """When vectors sent at `sent` are in the peer's receive buffer."""
+    return tuple(s + chip.serialisation_cycles + chip.c2c.link_latency_cycles for s in sent)

@@ -1,0 +1,279 @@
+"""Vector-train emitters on tensors the compiler has placed: views, reads, writes, one VXM op, a scatter.
+
+The compiler's programs are sequences of operations on placed tensors. Each operation here streams a train of
+vectors — one per cycle — from one hemisphere's MEM slices, through one unit, into the other hemisphere's (or,
+for a scatter, into the other hemisphere's SRAM at an address the data picks):
+
+    inputs (hemisphere H)  --reads, one vector a cycle-->  ALU  --result-->  output (the other hemisphere)
+
+A `View` names which vectors of a tensor a train carries and in what order: a range of column blocks, and in
+each block rows `row0, row0 + step, ...` (step 0 re-reads one row: a broadcast). Reads and writes are grouped
+into Repeat bursts wherever the address and issue cycle advance evenly, whatever the tensor's interleave.
+
+Every emitter takes `start` (no instruction issues before it) and returns the first cycle after all its results
+have landed: the compiler runs operations one after another, so nothing of two operations ever meets.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from openlpu.errors import ProgramError
+from openlpu.hardware.chip import Chip
+from openlpu.hardware.geometry import Hemisphere
+from openlpu.isa.instruction import Instruction
+from openlpu.isa.opcodes import VXM_LARGE_ONLY, Opcode
+from openlpu.isa.program import Check, CheckMode, Placement, Tensor
+from openlpu.isa.types import Direction, DType, QueueId, StreamRef
+from openlpu.kernels.builder import ProgramBuilder, mem_queue, vxm_queue
+from openlpu.kernels.elementwise import BINARY_EXPR
+from openlpu.kernels.kernel import Kernel
+from openlpu.sim import numerics as nx
+from openlpu.sim import semantics
+
+W, E = Hemisphere.W, Hemisphere.E
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """Vectors of `tensor`: blocks `block0 .. block0 + blocks - 1`, in each block `rows` rows from `row0` by
+    `step` (0: the same row every time). Vector k is block `block0 + k // rows`, row `row0 + (k % rows) * step`."""
+
+    tensor: Tensor
+    block0: int
+    blocks: int
+    row0: int
+    rows: int
+    step: int = 1
+
+    @classmethod
+    def of(cls, t: Tensor, lanes: int, block0: int = 0, blocks: int | None = None) -> View:
+        """All rows of blocks `block0 ..` of `t`, row by row within a block."""
+        nb = t.column_blocks(lanes) - block0 if blocks is None else blocks
+        return cls(t, block0, nb, 0, t.rows)
+
+    def broadcast(self, rows: int) -> View:
+        """This one-row view repeated `rows` times per block."""
+        if self.rows != 1 or self.step != 1:
+            raise ProgramError(f"only a one-row view of {self.tensor.name} can be broadcast")
+        return View(self.tensor, self.block0, self.blocks, self.row0, rows, 0)
+
+    @property
+    def count(self) -> int:
+        return self.blocks * self.rows
+
+    @property
+    def hemisphere(self) -> Hemisphere:
+        return self.tensor.placement.hemisphere
+
+    @property
+    def dtype(self) -> DType:
+        return self.tensor.dtype
+
+    def at(self, k: int) -> tuple[int, int]:
+        """(way, address) of vector k: the slice group it lives in and its address there."""
+        p = self.tensor.placement
+        block = self.block0 + k // self.rows
+        row = self.row0 + (k % self.rows) * self.step
+        return row % p.interleave, p.address + block * self.tensor.rows_per_group() + row // p.interleave
+
+    def slice_of(self, way: int, byte: int) -> int:
+        return self.tensor.placement.first_slice + way * self.dtype.width_bytes + byte
+
+
+def _bursts(points: list[tuple[int, int]]) -> list[tuple[int, int, int, int, int]]:
+    """Split (cycle, address) points, in cycle order, into runs whose cycle and address advance evenly:
+    (first cycle, first address, count, interval, stride)."""
+    runs: list[tuple[int, int, int, int, int]] = []
+    i = 0
+    while i < len(points):
+        c0, a0 = points[i]
+        if i + 1 == len(points):
+            runs.append((c0, a0, 1, 1, 1))
+            break
+        interval, stride = points[i + 1][0] - c0, points[i + 1][1] - a0
+        j = i + 1
+        while j + 1 < len(points) and points[j + 1][0] - points[j][0] == interval \
+                and points[j + 1][1] - points[j][1] == stride:
+            j += 1
+        runs.append((c0, a0, j - i + 1, interval, stride))
+        i = j + 1
+    return runs
+
+
+def _place_mem(b: ProgramBuilder, q: QueueId, points: list[tuple[int, int]], make) -> None:
+    for cycle, addr, count, interval, stride in _bursts(points):
+        b.place(q, cycle, make(addr, None if stride == 1 else stride), count, interval)
+
+
+def read_view(b: ProgramBuilder, view: View, ref: StreamRef, target: int, arrive: int) -> None:
+    """Read `view` onto stream group `ref` so that vector k reaches position `target` in cycle `arrive + k`."""
+    lat = b.chip.mem.read_latency_cycles
+    points: dict[QueueId, list[tuple[int, int]]] = defaultdict(list)
+    for k in range(view.count):
+        way, addr = view.at(k)
+        for byte in range(view.dtype.width_bytes):
+            q = mem_queue(view.hemisphere, view.slice_of(way, byte))
+            points[q].append((b.issue_to_arrive(q, lat, target, arrive + k), addr))
+    for byte_q, pts in points.items():
+        byte = (byte_q.index - view.tensor.placement.first_slice) % view.dtype.width_bytes
+        out = StreamRef(ref.direction, ref.index + byte)
+        _place_mem(b, byte_q, pts, lambda addr, stride, out=out: Instruction(op=Opcode.READ, addr=addr, out=out,
+                                                                                 stride=stride))
+
+
+def write_view(b: ProgramBuilder, ref: StreamRef, diagonal: int, view: View) -> int:
+    """Write a train on `ref` into `view`: vector k is at position q in cycle `diagonal + q * step + k`.
+    Returns the first cycle after the last commit."""
+    step = ref.direction.step
+    points: dict[QueueId, list[tuple[int, int]]] = defaultdict(list)
+    for k in range(view.count):
+        way, addr = view.at(k)
+        for byte in range(view.dtype.width_bytes):
+            q = mem_queue(view.hemisphere, view.slice_of(way, byte))
+            points[q].append((diagonal + b.position(q) * step + k, addr))
+    done = 0
+    for q, pts in points.items():
+        byte = (q.index - view.tensor.placement.first_slice) % view.dtype.width_bytes
+        a = StreamRef(ref.direction, ref.index + byte)
+        _place_mem(b, q, pts, lambda addr, stride, a=a: Instruction(op=Opcode.WRITE, addr=addr, a=a, stride=stride))
+        done = max(done, pts[-1][0] + b.chip.mem.write_latency_cycles + 1)
+    return done
+
+
+def toward(h: Hemisphere) -> Direction:
+    """The direction data flows from hemisphere `h` to the other one."""
+    return Direction.E if h is Hemisphere.W else Direction.W
+
+
+def stream_groups(widths: list[int]) -> list[int]:
+    """First stream of consecutive groups of the given widths, each aligned to its width."""
+    out, nxt = [], 0
+    for w in widths:
+        nxt = -(-nxt // w) * w
+        out.append(nxt)
+        nxt += w
+    return out
+
+
+def _far(b: ProgramBuilder, views: list[View], target: int) -> int:
+    """Cycles from a read's issue to its vector reaching `target`, for the slowest slice of `views`."""
+    far = 0
+    for v in views:
+        for way in range(min(v.tensor.placement.interleave, v.tensor.rows)):
+            for byte in range(v.dtype.width_bytes):
+                far = max(far, abs(target - b.position(mem_queue(v.hemisphere, v.slice_of(way, byte)))))
+    return far + b.chip.mem.read_latency_cycles
+
+
+def emit_vxm(b: ProgramBuilder, op: Opcode, dtype: DType, inputs: list[View], out: View, start: int, *,
+             imm: float | int | None = None, to: DType | None = None) -> int:
+    """out = op(inputs...) vector by vector on one ALU (a large one where `op` needs it). Inputs sit in one
+    hemisphere and `out` in the other; every view has the same number of vectors."""
+    h = inputs[0].hemisphere
+    where = f"{op.value} -> {out.tensor.name}"
+    if any(v.hemisphere is not h for v in inputs) or out.hemisphere is h:
+        raise ProgramError(f"{where}: inputs must share one hemisphere and the output sit in the other "
+                           f"(inputs {[v.hemisphere.value for v in inputs]}, output {out.hemisphere.value})")
+    if any(v.count != out.count for v in inputs):
+        raise ProgramError(f"{where}: views carry {[v.count for v in inputs]} vectors, output {out.count}")
+    d = toward(h)
+    alu = min(b.chip.vxm.large_alus) if op in VXM_LARGE_ONLY else 1
+    here = b.position(vxm_queue(alu))
+    widths = [v.dtype.width_bytes for v in inputs] + [(to or dtype).width_bytes]
+    firsts = stream_groups(widths)
+    refs = [StreamRef(d, s) for s in firsts]
+    issue = start + _far(b, inputs, here)
+    for v, ref in zip(inputs, refs):
+        read_view(b, v, ref, here, issue)
+    operands = dict(zip(("a", "b"), refs[:-1]))
+    b.place(vxm_queue(alu), issue, Instruction(op=op, dtype=dtype, to=to, imm=imm, out=refs[-1], **operands),
+            out.count)
+    produced = issue + semantics.latency(b.chip, op)
+    return write_view(b, refs[-1], produced - here * d.step, out)
+
+
+def emit_scatter(b: ProgramBuilder, src: View, dst: Tensor, index: View, start: int) -> int:
+    """Write the vectors of `src` (one row, block j for j = 0, 1, ...) into row `index[lane]` of block j of the
+    row-major tensor `dst`, in the other hemisphere. `index` is a one-row int16 view, every lane the row."""
+    d = toward(src.hemisphere)
+    if dst.placement.hemisphere is src.hemisphere or index.hemisphere is not src.hemisphere:
+        raise ProgramError(f"scatter {src.tensor.name} -> {dst.name}: the source and index sit in one hemisphere, "
+                           "the destination in the other")
+    if dst.placement.interleave != 1 or dst.dtype is not src.dtype or src.rows != 1:
+        raise ProgramError(f"scatter {src.tensor.name} -> {dst.name}: needs a one-row source of the "
+                           "destination's type and a row-major destination")
+    width = src.dtype.width_bytes
+    first_data, first_map = stream_groups([width, 2])
+    slices = [dst.placement.first_slice + byte for byte in range(width)]
+    target = min((b.position(mem_queue(dst.placement.hemisphere, s)) for s in slices), key=lambda p: p * d.step)
+    arrive = start + _far(b, [src, index], target)
+    read_view(b, src, StreamRef(d, first_data), target, arrive)
+    read_view(b, index.broadcast(src.count) if index.count == 1 else index, StreamRef(d, first_map), target, arrive)
+    done = 0
+    for byte, s in enumerate(slices):
+        q = mem_queue(dst.placement.hemisphere, s)
+        issue = arrive + abs(b.position(q) - target)
+        ins = Instruction(op=Opcode.SCATTER, addr=dst.placement.address,
+                          map=StreamRef(d, first_map), a=StreamRef(d, first_data + byte),
+                          stride=None if dst.rows_per_group() == 1 else dst.rows_per_group())
+        b.place(q, issue, ins, src.count)
+        done = max(done, issue + src.count - 1 + b.chip.mem.write_latency_cycles + 1)
+    return done
+
+
+# -- stand-alone kernels (the compiler calls the emitters directly) ----------------------------------------------
+
+
+def row_binary(chip: Chip, op: Opcode, x: np.ndarray, y: np.ndarray, dtype: DType, *, interleave: int = 2,
+               name: str = "row_binary") -> Kernel:
+    """z = x op y for x [M, N] (interleaved by `interleave` in the west) and one row y [1, N] read again for
+    every row of x, z row-major in the east: the broadcast pattern of the compiler's attention."""
+    if op not in BINARY_EXPR or np.ndim(x) != 2 or np.shape(y) != (1, np.shape(x)[1]):
+        raise ProgramError(f"{name}: needs a binary op ({[o.value for o in BINARY_EXPR]}), x [M, N] and y [1, N]")
+    m, n = x.shape
+    b = ProgramBuilder(chip, name)
+    width = dtype.width_bytes
+
+    def tensor(t: str, h: Hemisphere, first_slice: int, rows: int, il: int = 1) -> Tensor:
+        return Tensor(name=t, dtype=dtype, rows=rows, cols=n,
+                      placement=Placement(hemisphere=h, first_slice=first_slice, address=0, interleave=il))
+
+    tx, ty, tz = tensor("x", W, 0, m, interleave), tensor("y", W, interleave * width, 1), tensor("z", E, 0, m)
+    b.tensors += [tx, ty, tz]
+    lanes = chip.lanes.lanes
+    emit_vxm(b, op, dtype, [View.of(tx, lanes), View.of(ty, lanes).broadcast(m)], View.of(tz, lanes), 0)
+    b.checks.append(Check(target="z", mode=CheckMode.EXACT, expr=BINARY_EXPR[op].format(a="x", b="y")))
+    inputs = {"x": np.asarray(x).astype(dtype.numpy), "y": np.asarray(y).astype(dtype.numpy)}
+    return Kernel(program=b.build(), predicted_cycles=b.predicted_cycles(), inputs=inputs,
+                  assemble=lambda t: t["z"], fast=lambda i: nx.vxm_binary(op, i["x"], i["y"], dtype))
+
+
+def scatter_row(chip: Chip, table: np.ndarray, row: np.ndarray, position: int, dtype: DType, *,
+                name: str = "scatter_row") -> Kernel:
+    """table[position] = row, the position given as data (an int16 row in SRAM): the KV-cache append."""
+    m, n = np.shape(table)
+    if np.shape(row) != (1, n) or not 0 <= position < m:
+        raise ProgramError(f"{name}: needs row [1, {n}] and 0 <= position < {m}")
+    b = ProgramBuilder(chip, name)
+    lanes = chip.lanes.lanes
+    src = Tensor(name="row", dtype=dtype, rows=1, cols=n, placement=Placement(hemisphere=W, first_slice=0, address=0))
+    pos = Tensor(name="pos", dtype=DType.INT16, rows=1, cols=lanes,
+                 placement=Placement(hemisphere=W, first_slice=4, address=0))
+    dst = Tensor(name="table", dtype=dtype, rows=m, cols=n, placement=Placement(hemisphere=E, first_slice=0,
+                                                                               address=0))
+    b.tensors += [src, pos, dst]
+    emit_scatter(b, View.of(src, lanes), dst, View.of(pos, lanes), 0)
+    inputs = {"row": np.asarray(row).astype(dtype.numpy), "pos": np.full((1, lanes), position, np.int16),
+              "table": np.asarray(table).astype(dtype.numpy)}
+
+    def fast(i: dict[str, np.ndarray]) -> np.ndarray:
+        out = i["table"].copy()
+        out[int(i["pos"][0, 0])] = i["row"][0]
+        return out
+
+    return Kernel(program=b.build(), predicted_cycles=b.predicted_cycles(), inputs=inputs,
+                  assemble=lambda t: t["table"], fast=fast)

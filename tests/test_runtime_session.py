@@ -1,0 +1,87 @@
+"""The compiled model, run: the fast path is bit-identical to the cycle-exact simulation, the schedule's cycles are
+the simulator's, and the logits follow transformers (fp32, same GGUF) within fp16 tolerance."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from frontend_refs import PROMPT_IDS, hf_forward, hf_greedy, hf_model, our_model
+
+from openlpu.compiler.pipeline import compile_model
+from openlpu.errors import ConfigError
+from openlpu.hardware.chip import load_chip
+from openlpu.runtime.session import Fidelity, open_session
+from openlpu.system.simulate import simulate_system
+from openlpu.system.topology import pipeline
+
+CHIP = load_chip("groqchip1")
+#: fp16 weights and matmul inputs against fp32 everywhere: the largest logit difference seen on SmolLM2 is ~0.05
+LOGIT_TOLERANCE = 0.15
+
+
+@functools.cache
+def compiled(layers: int = 2, context: int = 16, chips: int | None = None):
+    return compile_model(our_model(layers), CHIP, context=context, chips=chips)
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, np.float32).view(np.uint32)
+
+
+@pytest.mark.parametrize("chips", [None, 2], ids=["one-chip", "two-chips"])
+def test_fast_path_is_bit_identical_to_the_cycle_exact_run(chips):
+    c = compiled(2, 16, chips)
+    assert c.chips == (chips or 1)
+    fast, cycle = open_session(c, Fidelity.FAST), open_session(c, Fidelity.CYCLE)
+    for position, token in enumerate(PROMPT_IDS[:3]):
+        a, b = fast.step(token, position), cycle.step(token, position)
+        assert np.array_equal(_bits(a.logits), _bits(b.logits)), f"position {position}"
+        assert a.cycles == b.cycles == c.cycles_per_step
+    for env_fast, env_cycle in zip(fast.state, cycle.state):
+        for name in (t for t in env_cycle if t.endswith("_cache")):
+            assert np.array_equal(env_fast[name].view(np.uint32), env_cycle[name].view(np.uint32)), name
+
+
+def test_predicted_cycles_equal_the_simulated_system():
+    c = compiled(2, 16, 2)
+    session = open_session(c, Fidelity.CYCLE)
+    loads = [{**{n: v for n, v in env.items()}, **given} for env, given in zip(session.state, session.inputs(1, 0))]
+    result = simulate_system(pipeline(CHIP, c.chips), [s.program for s in c.scheduled], loads, run_checks=False)
+    assert [r.cycles for r in result.results] == [s.predicted_cycles for s in c.scheduled]
+    assert result.cycles == c.cycles_per_step
+
+
+def test_logits_follow_transformers_step_by_step():
+    c = compiled(2, 16)
+    session = open_session(c)
+    ids = PROMPT_IDS[:8]
+    want, _ = hf_forward(hf_model(2), ids)
+    for position, token in enumerate(ids):
+        got = session.step(token, position).logits
+        assert np.abs(got - want[position]).max() < LOGIT_TOLERANCE, f"position {position}"
+        assert got.argmax() == want[position].argmax()
+
+
+def test_positions_outside_the_compiled_context_are_refused():
+    session = open_session(compiled(2, 16))
+    with pytest.raises(ConfigError, match="compiled context of 16"):
+        session.step(1, 16)
+
+
+@pytest.mark.slow
+def test_full_model_greedy_tokens_match_transformers_for_32_steps():
+    """SmolLM2-135M, all 30 blocks, on the chips the compiler picks: the same 32 greedy tokens as
+    transformers in fp32, each step's logits within the fp16 tolerance."""
+    ids = PROMPT_IDS
+    c = compile_model(our_model(None), CHIP, context=128)
+    session = open_session(c)
+    logits = [session.step(t, p).logits for p, t in enumerate(ids)]
+    tokens = [int(logits[-1].argmax())]
+    while len(tokens) < 32:
+        logits.append(session.step(tokens[-1], len(ids) + len(tokens) - 1).logits)
+        tokens.append(int(logits[-1].argmax()))
+    assert tokens == hf_greedy(hf_model(None), ids, 32)
+    want, _ = hf_forward(hf_model(None), ids + tokens[:-1])
+    assert max(np.abs(g - w).max() for g, w in zip(logits, want)) < LOGIT_TOLERANCE
