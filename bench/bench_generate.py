@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read before transformers is imported: never touch the network
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws progress bars through the report
 
 import numpy as np
 
@@ -45,6 +47,8 @@ from openlpu.runtime.generate import default_context, encode_prompt
 from openlpu.runtime.session import Session, open_session
 
 DEFAULT_PROMPT = "What is an LPU?"
+LAYER_PREFIX = re.compile(r"^l\d+[._]")
+"""A block's weight names start `l{i}.` (or `l{i}_`): dropped, so every block's qkv counts as one group."""
 TOP_GROUPS = 12
 """Op groups printed in the cycle breakdown (the rest are summed into one line)."""
 
@@ -122,6 +126,7 @@ def load_hf(path: Path, layers: int | None) -> Any:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                               dtype=torch.float32)
     if layers is not None:
@@ -282,7 +287,7 @@ def op_group(op: Any) -> str:
         case Vxm():
             return f"vxm.{op.op.value}"
         case Matmul():
-            kind = {"scores_ones": "scores", "head_w": "head", "head_e": "head"}.get(op.w, op.w.rsplit(".")[-1])
+            kind = {"scores_ones": "scores", "head_w": "head", "head_e": "head"}.get(op.w, LAYER_PREFIX.sub("", op.w))
             return f"matmul.{kind}"
         case RmsNorm():
             return "rmsnorm"
@@ -363,13 +368,14 @@ def print_report(r: dict[str, Any]) -> None:
 def print_schedule(q: dict[str, Any], parts: dict[str, int]) -> None:
     p = q["predicted_cycles"]
     print(f"predicted decode step: {p:,} cycles; per cycle per chip: {q['rates_per_cycle']}")
-    rows = [[name, b["aggregate"], b["sequential"], p / b["sequential"]] for name, b in q["bounds"].items()]
+    rows = [[name, b["aggregate"], b["sequential"], p / b["sequential"] if b["sequential"] else None]
+            for name, b in q["bounds"].items()]
     print(table(["lower bound (cycles)", "aggregate", "sequential", "predicted / seq."], rows))
     print(f"predicted / tightest real-model bound: {q['ratio_to_real_bound']:.2f}; "
           f"/ tightest bound for the compiled layout: {q['ratio_to_layout_bound']:.2f}\n")
     top = list(parts.items())[:TOP_GROUPS]
     rest = sum(parts.values()) - sum(v for _, v in top)
-    rows = [[name, v, f"{100 * v / p:.1f} %"] for name, v in top] + [["(other groups)", rest, f"{100 * rest / p:.1f} %"]]
+    rows = [[name, v, f"{100 * v / p:.1f} %"] for name, v in [*top, ("(other groups)", rest)]]
     print(table(["where the cycles go (critical path)", "cycles", "share"], rows))
     print(f"total {sum(parts.values()):,} of {p:,} predicted cycles")
 

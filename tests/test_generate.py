@@ -282,7 +282,8 @@ def test_context_check() -> None:
         run(TOK.encode("abcdef"), max_tokens=5, context=p + 4)
     assert str(err.value) == (
         f"the prompt ({p} tokens) and --max-tokens 5 need {p + 5} positions, but the model was compiled for a "
-        f"context of {p + 4}; pass --context {p + 5} or more, or fewer --max-tokens"
+        f"context of {p + 4}; pass --context {1 << (p + 4).bit_length()} (a power of two) or more, or fewer "
+        "--max-tokens"
     )
     g, _, _ = run(TOK.encode("abcdef"), max_tokens=5, context=p + 5)
     assert len(g.token_ids) == 5
@@ -406,8 +407,8 @@ def test_cli_context_too_small(backend: dict[str, Any]) -> None:
     result = invoke("--context", "40")
     assert result.exit_code == 2, result.output
     assert result.stderr == (
-        "error: the prompt (36 tokens) and --max-tokens 64 need 100 positions, but the model was compiled for a "
-        "context of 40; pass --context 100 or more, or fewer --max-tokens\n"
+        "error: the prompt (36 tokens) and --max-tokens 32 need 68 positions, but the model was compiled for a "
+        "context of 40; pass --context 128 (a power of two) or more, or fewer --max-tokens\n"
     )
     assert "compile" not in backend
 

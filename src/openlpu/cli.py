@@ -365,7 +365,7 @@ DEFAULT_PROMPT = "What is an LPU?"
 @app.command("generate")
 def generate_command(
     prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The user's message.")] = DEFAULT_PROMPT,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", metavar="N", help="Most tokens to generate.")] = 64,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", metavar="N", help="Most tokens to generate.")] = 32,
     temperature: Annotated[
         float, typer.Option("--temperature", metavar="T", help="Sampling temperature; 0 is greedy (argmax).")
     ] = 0.0,

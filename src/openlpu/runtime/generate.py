@@ -116,7 +116,8 @@ def check_fits(prompt_tokens: int, max_tokens: int, context: int) -> None:
     if need > context:
         raise ConfigError(
             f"the prompt ({prompt_tokens} tokens) and --max-tokens {max_tokens} need {need} positions, but the "
-            f"model was compiled for a context of {context}; pass --context {need} or more, or fewer --max-tokens"
+            f"model was compiled for a context of {context}; pass --context {1 << (need - 1).bit_length()} (a "
+            "power of two) or more, or fewer --max-tokens"
         )
 
 

@@ -1,0 +1,43 @@
+"""The pipeline: stages dump as text, a compiled model is cached on disk, fp16 only (for now) with a clear error."""
+
+from __future__ import annotations
+
+import pytest
+from frontend_refs import truncated_path
+
+from openlpu.compiler.pipeline import compile_model, dump
+from openlpu.errors import ConfigError
+from openlpu.hardware.chip import load_chip
+from openlpu.isa.asm import parse_program
+
+CHIP = load_chip("groqchip1")
+
+
+def test_every_stage_dumps_and_the_program_text_round_trips(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENLPU_NO_CACHE", "1")
+    c = compile_model(truncated_path(1), CHIP, context=16)
+    files = {f.name for f in dump(c, tmp_path)}
+    assert files == {"0-split.txt", "1-lowered.chip0.txt", "2-placed.chip0.txt", "3-scheduled.chip0.txt",
+                     "4-program.chip0.s"}
+    assert parse_program((tmp_path / "4-program.chip0.s").read_text()) == c.scheduled[0].program
+    scheduled = (tmp_path / "3-scheduled.chip0.txt").read_text().splitlines()
+    assert len(scheduled) == len(c.graphs[0].ops)
+    assert int(scheduled[-1].split()[1]) + CHIP.lanes.superlanes >= c.cycles_per_step
+
+
+def test_a_second_compile_comes_from_the_disk_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENLPU_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("OPENLPU_NO_CACHE", raising=False)
+    first = compile_model(truncated_path(1), CHIP, context=16)
+    entries = list(tmp_path.rglob("*.pickle"))
+    assert len(entries) == 1
+    second = compile_model(truncated_path(1), CHIP, context=16)
+    assert second.cycles_per_step == first.cycles_per_step
+    assert second.scheduled[0].program == first.scheduled[0].program
+    compile_model(truncated_path(1), CHIP, context=32)
+    assert len(list(tmp_path.rglob("*.pickle"))) == 2
+
+
+def test_int8_is_refused_with_what_to_do():
+    with pytest.raises(ConfigError, match="use --dtype fp16"):
+        compile_model(truncated_path(1), CHIP, dtype="int8", context=16)

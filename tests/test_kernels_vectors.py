@@ -1,0 +1,60 @@
+"""Vector-train emitters: reads and writes grouped into Repeat bursts, broadcast and interleaved views, scatter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from openlpu.errors import ProgramError
+from openlpu.hardware.chip import load_chip
+from openlpu.hardware.geometry import Hemisphere
+from openlpu.isa.opcodes import Opcode
+from openlpu.isa.program import Placement, Tensor
+from openlpu.isa.types import DType
+from openlpu.kernels.builder import ProgramBuilder
+from openlpu.kernels.vectors import View, _bursts, emit_vxm, row_binary, scatter_row, stream_groups
+
+CHIP = load_chip("groqchip1")
+F32 = DType.FP32
+
+
+def test_points_group_into_even_runs():
+    points = [(10, 0), (11, 1), (12, 2), (20, 7), (22, 7), (24, 7), (30, 1)]
+    assert _bursts(points) == [(10, 0, 3, 1, 1), (20, 7, 3, 2, 0), (30, 1, 1, 1, 1)]
+
+
+def test_stream_groups_align_to_each_width():
+    assert stream_groups([4, 2, 4]) == [0, 4, 8]
+    assert stream_groups([2, 4]) == [0, 4]
+
+
+@pytest.mark.parametrize("interleave", [1, 2])
+def test_row_broadcast_matches_its_fast_path_in_the_predicted_cycles(interleave):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(8, 500)), rng.normal(size=(1, 500))
+    k = row_binary(CHIP, Opcode.MUL, x, y, F32, interleave=interleave)
+    got, result = k.run(CHIP)
+    assert result.cycles == k.predicted_cycles and result.checks_passed
+    assert np.array_equal(got.view(np.uint32), k.run_fast()[0].view(np.uint32))
+
+
+def test_scatter_writes_the_row_the_data_names():
+    rng = np.random.default_rng(2)
+    table, row = rng.normal(size=(12, 330)), rng.normal(size=(1, 330))
+    k = scatter_row(CHIP, table, row, 7, F32)
+    got, result = k.run(CHIP)
+    assert result.cycles == k.predicted_cycles
+    want = table.astype(np.float32)
+    want[7] = row[0]
+    assert np.array_equal(got, want) and np.array_equal(got, k.run_fast()[0])
+
+
+def test_an_output_in_the_inputs_hemisphere_is_refused():
+    def t(name: str, h: Hemisphere, first: int) -> Tensor:
+        return Tensor(name=name, dtype=F32, rows=2, cols=320,
+                      placement=Placement(hemisphere=h, first_slice=first, address=0))
+
+    b = ProgramBuilder(CHIP, "bad")
+    x, z = t("x", Hemisphere.W, 0), t("z", Hemisphere.W, 4)
+    with pytest.raises(ProgramError, match="output sit in the other"):
+        emit_vxm(b, Opcode.COPY, F32, [View.of(x, 320)], View.of(z, 320), 0)

@@ -1,0 +1,63 @@
+"""The fp16 MXM pass: the fast certified form equals the exact one bit for bit, ties and cancellation included."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from openlpu.isa.types import DType
+from openlpu.sim import numerics as nx
+
+
+def exact(acts: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Each entry's exact sum (rationals), rounded to fp32 nearest-even."""
+    out = np.empty((acts.shape[0], w.shape[1]), np.float32)
+    for i in range(acts.shape[0]):
+        for j in range(w.shape[1]):
+            total = sum((Fraction(float(a)) * Fraction(float(b)) for a, b in zip(acts[i], w[:, j])), Fraction(0))
+            r = np.float32(float(total))
+            near = [np.nextafter(r, np.float32(-np.inf)), r, np.nextafter(r, np.float32(np.inf))]
+            out[i, j] = min(near, key=lambda c: (abs(Fraction(float(c)) - total), int(c.view(np.uint32)) & 1))
+    return out
+
+
+def fast(acts: np.ndarray, w: np.ndarray) -> np.ndarray:
+    w64 = w.astype(np.float64)
+    return nx.mxm_pass_fp16(acts, w64, np.abs(w64).astype(np.float32))
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_wide_range_passes_agree_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    acts = (rng.normal(size=(3, 320)) * 2.0 ** rng.integers(-20, 12, (3, 320))).astype(np.float16)
+    w = (rng.normal(size=(320, 40)) * 2.0 ** rng.integers(-20, 12, (320, 40))).astype(np.float16)
+    assert same_bits(fast(acts, w), nx.mxm_pass(acts, w, DType.FP16))
+
+
+def test_a_sum_on_an_fp32_tie_rounds_to_even_like_the_exact_pass():
+    acts = np.zeros((1, 320), np.float16)
+    w = np.zeros((320, 3), np.float16)
+    acts[0, :3] = [4096, 1, 2.0**-24]
+    w[:2, 0] = [4096, 1]  # 2^24 + 1: halfway between two fp32 values -> 2^24
+    w[:2, 1] = [4096, 3]  # 2^24 + 3 -> 2^24 + 4
+    w[:3, 2] = [4096, 1, 1]  # 2^24 + 1 + 2^-24: just above the tie -> 2^24 + 2
+    got = fast(acts, w)
+    assert same_bits(got, exact(acts, w)) and same_bits(got, nx.mxm_pass(acts, w, DType.FP16))
+    assert got[0].tolist() == [2.0**24, 2.0**24 + 4, 2.0**24 + 2]
+
+
+def test_cancellation_and_exact_zeros_follow_the_exact_pass():
+    acts = np.zeros((2, 320), np.float16)
+    w = np.zeros((320, 2), np.float16)
+    acts[0, :3] = [60000, -60000, 2.0**-24]
+    acts[1, :2] = [-0.0, 0.0]
+    w[:3, 0] = [60000, 60000, 2.0**-14]  # huge terms cancel, a subnormal-sized remainder stays
+    w[:2, 1] = [1, 1]
+    got = fast(acts, w)
+    assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16)) and same_bits(got, exact(acts, w))
