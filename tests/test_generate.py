@@ -100,6 +100,11 @@ class FakeSession:
             logits[self.script[k]] = 10.0
         return FakeStep(logits, BASE_CYCLES + position)
 
+    def prefill(self, token_ids: Sequence[int]) -> FakeStep:
+        """Token by token, as a session without a prefill program for this length does."""
+        steps = [self.step(t, p) for p, t in enumerate(token_ids)]
+        return FakeStep(steps[-1].logits, sum(s.cycles for s in steps))
+
 
 class ByteTokenizer:
     """Three ChatML special tokens, then one token per byte (id = byte + 3): any UTF-8 character can be split."""
@@ -355,9 +360,10 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         seen["tokenizer_path"] = path
         return tok
 
-    def compile_model(model: Any, chip: Chip, *, dtype: str = "fp16", context: int, n_layers: int | None = None):
+    def compile_model(model: Any, chip: Chip, *, dtype: str = "fp16", context: int, n_layers: int | None = None,
+                      prompt: int | None = None):
         seen["compile"] = {"model": model, "chip": chip.name, "dtype": dtype, "context": context,
-                           "n_layers": n_layers}
+                           "n_layers": n_layers, "prompt": prompt}
         return FakeCompiled(chip=chip, dtype=dtype, context=context, n_layers=n_layers or 30)
 
     def open_session(compiled: Any, fidelity: FakeFidelity) -> FakeSession:
@@ -388,7 +394,7 @@ def test_cli_streams_then_tabulates(backend: dict[str, Any]) -> None:
                  "fast", "wall time", "900 MHz"):
         assert text in result.stdout, text
     assert backend["compile"] == {"model": refs.model_path(), "chip": "groqchip1", "dtype": "fp16",
-                                  "context": 128, "n_layers": None}  # 36 prompt + 64 new tokens -> 128
+                                  "context": 128, "n_layers": None, "prompt": 36}  # 36 + 32 new tokens -> 128
     assert backend["fidelity"] is FakeFidelity.FAST and backend["tokenizer_path"] == refs.model_path()
 
 

@@ -22,8 +22,8 @@ LOGIT_TOLERANCE = 0.15
 
 
 @functools.cache
-def compiled(layers: int = 2, context: int = 16, chips: int | None = None):
-    return compile_model(our_model(layers), CHIP, context=context, chips=chips)
+def compiled(layers: int = 2, context: int = 16, chips: int | None = None, prompt: int | None = None):
+    return compile_model(our_model(layers), CHIP, context=context, chips=chips, prompt=prompt)
 
 
 def _bits(x: np.ndarray) -> np.ndarray:
@@ -42,6 +42,28 @@ def test_fast_path_is_bit_identical_to_the_cycle_exact_run(chips):
     for env_fast, env_cycle in zip(fast.state, cycle.state):
         for name in (t for t in env_cycle if t.endswith("_cache")):
             assert np.array_equal(env_fast[name].view(np.uint32), env_cycle[name].view(np.uint32)), name
+
+
+@pytest.mark.parametrize("chips", [None, 2], ids=["one-chip", "two-chips"])
+def test_prefill_program_is_bit_identical_to_its_cycle_exact_run_and_to_decoding_token_by_token(chips):
+    ids = PROMPT_IDS[:5]
+    c = compiled(2, 16, chips, len(ids))
+    fast, cycle, steps = (open_session(c, f) for f in (Fidelity.FAST, Fidelity.CYCLE, Fidelity.FAST))
+    a, b = fast.prefill(ids), cycle.prefill(ids)
+    for position, token in enumerate(ids):
+        by_step = steps.step(token, position)
+    assert np.array_equal(_bits(a.logits), _bits(b.logits))
+    assert a.cycles == b.cycles == c.prefill.cycles < len(ids) * c.cycles_per_step
+    # masked rows add exact zeros, so the prefill's logits are the decode step's, bit for bit
+    assert np.array_equal(_bits(a.logits), _bits(by_step.logits))
+    after = [s.step(7, len(ids)).logits for s in (fast, cycle, steps)]
+    assert all(np.array_equal(_bits(after[0]), _bits(x)) for x in after[1:])
+
+
+def test_a_prompt_of_another_length_runs_token_by_token():
+    c = compiled(2, 16, None, 3)
+    result = open_session(c).prefill(PROMPT_IDS[:4])
+    assert result.cycles == 4 * c.cycles_per_step
 
 
 def test_predicted_cycles_equal_the_simulated_system():

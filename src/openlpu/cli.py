@@ -331,6 +331,8 @@ def compile_command(
     chips: Annotated[int | None, typer.Option("--chips", metavar="N", help="Use exactly N chips.")] = None,
     layers: Annotated[int | None, typer.Option("--layers", metavar="N",
                                                help="Compile only the first N layers (a debugging aid).")] = None,
+    prompt: Annotated[int | None, typer.Option("--prompt-tokens", metavar="P",
+                                               help="Also compile the prefill of a P-token prompt.")] = None,
     dump_dir: Annotated[Path | None, typer.Option("--dump", metavar="DIR",
                                                   help="Write every compiler stage's text form into DIR.")] = None,
     as_json: JsonOption = False,
@@ -340,11 +342,12 @@ def compile_command(
     from openlpu.compiler.pipeline import compile_model, dump
 
     c = compile_model(model, load_chip(chip or DEFAULT_CHIP), dtype=dtype, context=context, n_layers=layers,
-                      chips=chips)
+                      chips=chips, prompt=prompt)
     files = dump(c, dump_dir) if dump_dir is not None else []
     if as_json:
         _print_json({"chips": c.chips, "chip": c.chip.name, "dtype": c.dtype, "context": c.context,
                      "cycles_per_token": c.cycles_per_step, "seconds_per_token": c.cycles_per_step / c.chip.clock_hz,
+                     "prefill_cycles": c.prefill.cycles if c.prefill else None,
                      "chip_reports": [{"index": r.index, "layer_start": r.layers.start, "layer_stop": r.layers.stop,
                                        "sram_used_bytes": r.sram_used_bytes, "sram_bytes": r.sram_bytes,
                                        "what": r.what} for r in c.chip_reports],
@@ -353,6 +356,9 @@ def compile_command(
     for line in c.summary_lines():
         out.print(line, soft_wrap=True)
     out.print(f"{c.cycles_per_step / c.chip.clock_hz * 1e6:,.2f} µs per decode step at {_si('Hz')(c.chip.clock_hz)}")
+    if c.prefill is not None:
+        out.print(f"prefill of {c.prefill.prompt} tokens: {c.prefill.cycles:,} cycles, "
+                  f"{c.prefill.cycles / c.chip.clock_hz * 1e6:,.2f} µs")
     for f in files:
         out.print(f"wrote {f}")
 
@@ -405,7 +411,7 @@ def generate_command(
     context = default_context(prompt_tokens, max_tokens) if context is None else context
     check_fits(prompt_tokens, max_tokens, context)
     compiled = compile_model(model_path, load_chip(chip or DEFAULT_CHIP), dtype=dtype, context=context,
-                             n_layers=layers)
+                             n_layers=layers, prompt=prompt_tokens)
     session = open_session(compiled, Fidelity(fidelity))
     g = generate(session, tokenizer, prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                  seed=seed, on_text=None if as_json else lambda text: typer.echo(text, nl=False))

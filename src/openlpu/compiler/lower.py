@@ -197,25 +197,37 @@ def mask_row(dims: Dims) -> np.ndarray:
     return row
 
 
-def step_inputs(cfg: LlamaConfig, dims: Dims, position: int) -> dict[str, np.ndarray]:
-    """The rows the host writes before the step at `position`: cos and sin for [q | k] (q's scaled by
-    1/sqrt(head_dim)), and the position as an int16 row (the scatters' lane addresses)."""
-    cos, sin = rope_tables(np.array([position]), cfg.head_dim, cfg.rope_base)
-    scale = cfg.head_dim ** -0.5
+def rope_rows(cfg: LlamaConfig, dims: Dims, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """cos and sin rows for [q | k] at each position (q's scaled by 1/sqrt(head_dim), exact: a power of two)."""
+    cos, sin = rope_tables(np.asarray(positions), cfg.head_dim, cfg.rope_base)
+    scale = np.float32(cfg.head_dim ** -0.5)
     rows = {}
     for name, table in (("cos", cos), ("sin", sin)):
-        head = np.tile(table[0].astype(np.float32), cfg.n_heads)
-        row = np.zeros((1, 2 * dims.qp), np.float32)
-        row[0, : dims.qdim] = head * np.float32(scale)
-        row[0, dims.qp: dims.qp + dims.qdim] = head
-        rows[name] = row
+        heads = np.tile(table.astype(np.float32), (1, cfg.n_heads))
+        out = np.zeros((len(table), 2 * dims.qp), np.float32)
+        out[:, : dims.qdim] = heads * scale
+        out[:, dims.qp: dims.qp + dims.qdim] = heads
+        rows[name] = out
+    return rows
+
+
+def step_inputs(cfg: LlamaConfig, dims: Dims, position: int) -> dict[str, np.ndarray]:
+    """The rows the host writes before the decode step at `position`: cos and sin, and the position as an int16
+    row (the scatters' lane addresses)."""
     pos = np.full((1, LANES), position, np.int16)
-    return {**rows, "pos_w": pos, "pos_e": pos}
+    return {**rope_rows(cfg, dims, np.array([position])), "pos_w": pos, "pos_e": pos}
 
 
-def embedding_row(table: np.ndarray, dims: Dims, token: int) -> np.ndarray:
-    """Row `token` of the embedding table, padded to the chip's columns: the first chip's input."""
-    return _row(table[token], dims.dp)
+def prefill_inputs(cfg: LlamaConfig, dims: Dims, prompt: int) -> dict[str, np.ndarray]:
+    """The rows the host writes before the prefill of positions 0..prompt-1: cos and sin, one row each."""
+    return rope_rows(cfg, dims, np.arange(prompt))
+
+
+def embedding_rows(table: np.ndarray, dims: Dims, tokens: list[int]) -> np.ndarray:
+    """The tokens' rows of the embedding table, padded to the chip's columns: the first chip's input."""
+    out = np.zeros((len(tokens), dims.dp), np.float32)
+    out[:, : table.shape[1]] = table[np.asarray(tokens)]
+    return out
 
 
 # -- the operation sequence ------------------------------------------------------------------------------------
@@ -293,8 +305,10 @@ class _Graph:
         return x
 
 
-def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref) -> Ref:
-    t_rows, qb = dims.context, dims.qp // LANES
+def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref, prompt: int | None) -> Ref:
+    """Block i on x: one row (decode, the token at the host-given position) or `prompt` rows (prefill of
+    positions 0..prompt-1: matmuls and elementwise work on all rows at once, attention query by query)."""
+    t_rows, qb, rows = dims.context, dims.qp // LANES, prompt or 1
     ws = layer_weights(model, i, dims)
     p = f"l{i}_"
     wt = {k: g.tensor(p + k, F16, v.shape[0], v.shape[1], WEIGHT_SIDE[k], Role.WEIGHT, v, interleave=16)
@@ -311,25 +325,24 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref) -> Ref:
     t1 = g.vxm(Opcode.MUL, F32, [Ref(qkv.name, 0, 2 * qb), Ref("cos")], p + "rope_c")
     t2 = g.vxm(Opcode.MUL, F32, [Ref(qkv.name, 2 * qb, 2 * qb), Ref("sin")], p + "rope_s")
     r = g.vxm(Opcode.ADD, F32, [t1, t2], p + "rope")
-    q = g.vxm(Opcode.ADD, F32, [Ref(r.name, 0, qb), Ref("qmask")], p + "q")
-    g.ops.append(Scatter(Ref(r.name, qb, qb), kc.name, "pos_w"))
-    v = g.ensure(Ref(qkv.name, 4 * qb, qb), E)
-    g.ops.append(Scatter(v, vc.name, "pos_e"))
-    # scores: K * q on the VXM, split into fp16 hi + lo, summed per head on the MXM
-    prod = g.vxm(Opcode.MUL, F32, [kc, Ref(q.name, rows=t_rows, step=0)], p + "qk")
-    hi = g.vxm(Opcode.CAST, F32, [prod], p + "qk_hi", to=F16)
-    rest = g.vxm(Opcode.SUB, F32, [prod, g.vxm(Opcode.CAST, F16, [hi], p + "qk_hi32", to=F32)], p + "qk_rest")
-    split = g.tensor(p + "qk_split", F16, t_rows, 2 * dims.qp, W, Role.ACT)
-    g.vxm(Opcode.CAST, F32, [rest], "", to=F16, out=Ref(split.name, qb, qb))
-    g.vxm(Opcode.COPY, F16, [hi], "", out=Ref(split.name, 0, qb))
-    scores = g.matmul(split, Ref("scores_ones"), p + "scores", interleave=2)
-    top = g.tree(Opcode.MAX, scores, p + "max")
-    shifted = g.vxm(Opcode.SUB, F32, [scores, _broadcast(g, top, scores, t_rows)], p + "shifted")
-    e = g.vxm(Opcode.EXP, F32, [shifted], p + "exp", interleave=2)
-    total = g.tree(Opcode.ADD, e, p + "sum")
-    weighted = g.vxm(Opcode.MUL, F32, [e, vc], p + "pv", interleave=2)
-    o = g.tree(Opcode.ADD, weighted, p + "o_sum")
-    o = g.vxm(Opcode.MUL, F32, [o, g.vxm(Opcode.RECIP, F32, [total], p + "inv_sum")], p + "o")
+    q = g.vxm(Opcode.ADD, F32, [Ref(r.name, 0, qb), Ref("qmask", rows=rows, step=0)], p + "q")
+    if prompt is None:
+        g.ops.append(Scatter(Ref(r.name, qb, qb), kc.name, "pos_w"))
+        g.ops.append(Scatter(g.ensure(Ref(qkv.name, 4 * qb, qb), E), vc.name, "pos_e"))
+        o = _attend(g, dims, p, Ref(kc.name), Ref(vc.name), Ref(q.name, rows=t_rows, step=0))
+    else:
+        v = g.ensure(Ref(qkv.name, 4 * qb, qb), E)
+        o = None
+        for j in range(prompt):  # the cache fills row by row, so each query sees exactly the rows before it
+            g.vxm(Opcode.COPY, F32, [Ref(r.name, qb, qb, row0=j, rows=1)], "", out=Ref(kc.name, row0=j, rows=1))
+            g.vxm(Opcode.COPY, F32, [Ref(v.name, row0=j, rows=1)], "", out=Ref(vc.name, row0=j, rows=1))
+            n = max(2, 1 << j.bit_length())  # a power of two > j: the trees halve it
+            oj = _attend(g, dims, f"{p}q{j}_", Ref(kc.name, rows=n), Ref(vc.name, rows=n),
+                         Ref(q.name, row0=j, rows=n, step=0))
+            if o is None:
+                o = g.tensor(p + "o_rows", F32, prompt, dims.qp, other(g.side(oj)), Role.ACT)
+            oj = g.ensure(oj, other(g.side(o)))  # the trees' depth (so the side they end on) varies with n
+            g.vxm(Opcode.COPY, F32, [oj], "", out=Ref(o.name, row0=j, rows=1))
     att = g.matmul(g.vxm(Opcode.CAST, F32, [o], p + "o16", to=F16), wt["o"], p + "att")
     x = g.vxm(Opcode.ADD, F32, [att, x], p + "x_att")
     # feed-forward
@@ -343,6 +356,28 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref) -> Ref:
     return g.vxm(Opcode.ADD, F32, [down, x], p + "x")
 
 
+def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref) -> Ref:
+    """One query's attention over the cache rows `kc` / `vc` (a power of two of them), q broadcast to each:
+    returns its output row."""
+    qb = dims.qp // LANES
+    rows, _ = g.shape(kc)
+    # scores: K * q on the VXM, split into fp16 hi + lo, summed per head on the MXM
+    prod = g.vxm(Opcode.MUL, F32, [kc, q], p + "qk")
+    hi = g.vxm(Opcode.CAST, F32, [prod], p + "qk_hi", to=F16)
+    rest = g.vxm(Opcode.SUB, F32, [prod, g.vxm(Opcode.CAST, F16, [hi], p + "qk_hi32", to=F32)], p + "qk_rest")
+    split = g.temp(p + "qk_split", F16, rows, 2 * qb, W)
+    g.vxm(Opcode.CAST, F32, [rest], "", to=F16, out=Ref(split.name, qb, qb))
+    g.vxm(Opcode.COPY, F16, [hi], "", out=Ref(split.name, 0, qb))
+    scores = g.matmul(split, Ref("scores_ones"), p + "scores", interleave=2)
+    top = g.tree(Opcode.MAX, scores, p + "max")
+    shifted = g.vxm(Opcode.SUB, F32, [scores, _broadcast(g, top, scores, rows)], p + "shifted")
+    e = g.vxm(Opcode.EXP, F32, [shifted], p + "exp", interleave=2)
+    total = g.tree(Opcode.ADD, e, p + "sum")
+    weighted = g.vxm(Opcode.MUL, F32, [e, vc], p + "pv", interleave=2)
+    o = g.tree(Opcode.ADD, weighted, p + "o_sum")
+    return g.vxm(Opcode.MUL, F32, [o, g.vxm(Opcode.RECIP, F32, [total], p + "inv_sum")], p + "o")
+
+
 def _broadcast(g: _Graph, row: Ref, like: Ref, rows: int) -> Ref:
     r = g.ensure(row, g.side(like))
     return Ref(r.name, rows=rows, step=0)
@@ -350,10 +385,11 @@ def _broadcast(g: _Graph, row: Ref, like: Ref, rows: int) -> Ref:
 
 def _rmsnorm(g: _Graph, x: Ref, w: Ref, dims: Dims, stem: str) -> Ref:
     x = g.whole(g.ensure(x, W))
-    y = g.tensor(stem, F32, 1, dims.dp, E, Role.ACT)
+    rows, _ = g.shape(x)
+    y = g.tensor(stem, F32, rows, dims.dp, E, Role.ACT)
     op = RmsNorm(x.name, w.name, y.name, dims.d, float(np.float32(dims.cfg.rms_eps)))
     for s in op.scratch:
-        g.tensor(s, F32, 1, LANES, E, Role.ACT)
+        g.tensor(s, F32, rows, LANES, E, Role.ACT)
     g.ops.append(op)
     return y
 
@@ -369,25 +405,28 @@ def _head(g: _Graph, dims: Dims, model: GGUFModel, x: Ref) -> None:
         g.ops.append(Matmul(g.ensure(h16, side).name, w.name, c.name))
 
 
-def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first: bool, last: bool) -> ChipGraph:
-    """The chip graph for `layers` (and the head when `last`). The first chip takes the embedding row from the
-    host; the others receive the hidden state from the previous chip, and all but the last send it on."""
+def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first: bool, last: bool,
+               prompt: int | None = None) -> ChipGraph:
+    """The chip graph for `layers` (and the head when `last`): a decode step, or with `prompt` the prefill of
+    that many tokens (positions 0..prompt-1; the logits of the last one). The first chip takes the embedding rows
+    from the host; the others receive the hidden state from the previous chip, and all but the last send it on."""
     g = _Graph()
-    qp = dims.qp
-    g.tensor("cos", F32, 1, 2 * qp, W, Role.INPUT)
-    g.tensor("sin", F32, 1, 2 * qp, W, Role.INPUT)
-    g.tensor("pos_w", I16, 1, LANES, W, Role.INPUT)
-    g.tensor("pos_e", I16, 1, LANES, E, Role.INPUT)
+    qp, rows = dims.qp, prompt or 1
+    g.tensor("cos", F32, rows, 2 * qp, W, Role.INPUT)
+    g.tensor("sin", F32, rows, 2 * qp, W, Role.INPUT)
+    if prompt is None:
+        g.tensor("pos_w", I16, 1, LANES, W, Role.INPUT)
+        g.tensor("pos_e", I16, 1, LANES, E, Role.INPUT)
     if len(layers):
         g.tensor("qmask", F32, 1, qp, W, Role.CONST, mask_row(dims))
         g.tensor("scores_ones", F16, 2 * qp, qp, W, Role.CONST, score_matrix(dims), interleave=16)
-    x = g.tensor("x_in", F32, 1, dims.dp, W, Role.INPUT if first else Role.ACT)
+    x = g.tensor("x_in", F32, rows, dims.dp, W, Role.INPUT if first else Role.ACT)
     if not first:
         g.ops.append(Receive(x.name))
     for i in layers:
-        x = _layer(g, dims, model, i, x)
+        x = _layer(g, dims, model, i, x, prompt)
     if last:
-        _head(g, dims, model, x)
+        _head(g, dims, model, x if prompt is None else Ref(x.name, row0=rows - 1, rows=1))
     else:
         x = g.whole(g.ensure(x, W))
         g.ops.append(Send(x.name))

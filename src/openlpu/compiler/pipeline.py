@@ -5,6 +5,7 @@
     lower     decomposition + precision + weight layout per chip     (lower.lower_chip)
     place     SRAM slices and addresses, liveness reuse              (place.place, checked by place.check)
     schedule  exact cycles, per-queue programs, C2C sends/receives   (schedule.schedule)
+    verify    every static and timing rule, and the predicted cycles (openlpu.sim.verify)
 
 `compile_model` returns a `CompiledModel`; `openlpu compile --dump DIR` writes every stage's text form.
 Scheduled programs are cached on disk (openlpu.compiler.cache), keyed by model file, chip, options and the
@@ -14,23 +15,26 @@ compiler's own source, so a second run skips placement and scheduling.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from openlpu.compiler.cache import cached, file_identity
-from openlpu.compiler.chipgraph import ChipGraph
+from openlpu.compiler.chipgraph import ChipGraph, Role
 from openlpu.compiler.lower import Dims, check_model, lower_chip, split_layers
-from openlpu.compiler.place import check, place, used_bytes
+from openlpu.compiler.place import check, kept, place, used_bytes
 from openlpu.compiler.schedule import Scheduled, link_arrivals, schedule
-from openlpu.errors import ConfigError
+from openlpu.errors import ConfigError, InternalError
 from openlpu.frontends.gguf import GGUFModel, load_gguf
 from openlpu.frontends.llama import LlamaConfig
 from openlpu.frontends.models import default_model_path
 from openlpu.hardware.chip import Chip
+from openlpu.hardware.geometry import Hemisphere
 from openlpu.isa.asm import print_program
 from openlpu.isa.program import Tensor
+from openlpu.sim.engine import verify
 
 DTYPES = ("fp16",)
 
@@ -42,6 +46,21 @@ class ChipReport:
     sram_used_bytes: int
     sram_bytes: int
     what: str
+
+
+@dataclass(frozen=True)
+class Programs:
+    """One program per chip for one job (the prefill of `prompt` tokens), sharing the decode step's SRAM layout
+    of weights, constants and KV caches."""
+
+    prompt: int
+    graphs: tuple[ChipGraph, ...]
+    placements: tuple[dict[str, Tensor], ...]
+    scheduled: tuple[Scheduled, ...]
+
+    @property
+    def cycles(self) -> int:
+        return max(s.predicted_cycles for s in self.scheduled)
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,7 @@ class CompiledModel:
     graphs: tuple[ChipGraph, ...] = dataclasses.field(repr=False)
     placements: tuple[dict[str, Tensor], ...] = dataclasses.field(repr=False)
     scheduled: tuple[Scheduled, ...] = dataclasses.field(repr=False)
+    prefill: Programs | None = dataclasses.field(default=None, repr=False)
 
     def summary_lines(self) -> list[str]:
         lines = [f"{self.chips} x {self.chip.name}, {self.dtype}, context {self.context}, "
@@ -71,18 +91,29 @@ class CompiledModel:
 
 
 def compile_model(model: str | Path | GGUFModel | None, chip: Chip, *, dtype: str = "fp16", context: int,
-                  n_layers: int | None = None, chips: int | None = None) -> CompiledModel:
-    """Compile the decode step of a llama GGUF model (default: the embedded SmolLM2) for `chip`s. A model given
-    by path is compiled once per (file, chip, options, compiler source) and then read from the disk cache."""
+                  n_layers: int | None = None, chips: int | None = None, prompt: int | None = None
+                  ) -> CompiledModel:
+    """Compile the decode step of a llama GGUF model (default: the embedded SmolLM2) for `chip`s, and with
+    `prompt` the prefill of that many tokens. A model given by path is compiled once per (file, chip, options,
+    compiler source) and then read from the disk cache."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype}: the chip compiler emits fp16 programs only so far (int8 weights are "
                           "sized by `openlpu plan` but not compiled yet); use --dtype fp16")
+    if prompt is not None and not 1 <= prompt < context:
+        raise ConfigError(f"a prompt of {prompt} tokens does not fit a context of {context} positions with room "
+                          "for a reply; compile a longer --context")
     if isinstance(model, GGUFModel):
-        return _compile(model, chip, dtype, context, chips)
+        decode = _compile(model, chip, dtype, context, chips)
+        return decode if prompt is None else dataclasses.replace(decode, prefill=_prefill(model, decode, prompt))
     path = Path(model) if model is not None else default_model_path()
     key = {"model": file_identity(path), "chip": chip, "dtype": dtype, "context": context, "n_layers": n_layers,
            "chips": chips}
-    return cached("compiled", key, lambda: _compile(load_gguf(path, n_layers=n_layers), chip, dtype, context, chips))
+    load = functools.cache(lambda: load_gguf(path, n_layers=n_layers))
+    decode = cached("decode", key, lambda: _compile(load(), chip, dtype, context, chips))
+    if prompt is None:
+        return decode
+    prefill = cached("prefill", {**key, "prompt": prompt}, lambda: _prefill(load(), decode, prompt))
+    return dataclasses.replace(decode, prefill=prefill)
 
 
 def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int | None) -> CompiledModel:
@@ -91,16 +122,9 @@ def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int 
     ranges = split_layers(model, dims, chip, chips)
     graphs = tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1)
                    for i, r in enumerate(ranges))
-    placements, scheduled, arrivals = [], [], ()
-    for g in graphs:
-        placed = place(g, chip)
-        check(g, placed, chip)
-        s = schedule(g, placed, chip, arrivals=arrivals)
-        arrivals = link_arrivals(chip, s.sent)
-        placements.append(placed)
-        scheduled.append(s)
+    placements, scheduled = _emit(graphs, chip, (None,) * len(graphs), "step")
     sram = chip.mem.slices_per_hemisphere * 2 * chip.mem.addresses_per_slice * chip.lanes.lanes
-    reports = tuple(ChipReport(g.index, g.layers, used_bytes(p, chip), sram, _what(g, len(graphs)))
+    reports = tuple(ChipReport(g.index, g.layers, used_bytes(p, chip), sram, _what(g, p, chip, len(graphs)))
                     for g, p in zip(graphs, placements))
     return CompiledModel(chip, len(graphs), dtype, context, model.config.n_layers, reports,
                          max(s.predicted_cycles for s in scheduled), model.name, model.config,
@@ -108,11 +132,55 @@ def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int 
                          tuple(placements), tuple(scheduled))
 
 
-def _what(g: ChipGraph, chips: int) -> str:
+def _prefill(model: GGUFModel, decode: CompiledModel, prompt: int) -> Programs:
+    """The prefill programs for the decode step's chips and layer split, its weights, constants and KV caches
+    where the decode step has them (so the graphs carry no data of their own)."""
+    n = len(decode.graphs)
+    graphs = tuple(dataclasses.replace(lower_chip(model, decode.dims, i, g.layers, first=i == 0, last=i == n - 1,
+                                                  prompt=prompt), data={})
+                   for i, g in enumerate(decode.graphs))
+    shared = tuple(kept(g, p) for g, p in zip(decode.graphs, decode.placements))
+    return Programs(prompt, graphs, *_emit(graphs, decode.chip, shared, "prefill"))
+
+
+def _emit(graphs: tuple[ChipGraph, ...], chip: Chip, shared: tuple[dict[str, Tensor] | None, ...],
+          name: str) -> tuple[tuple[dict[str, Tensor], ...], tuple[Scheduled, ...]]:
+    """Place, check, schedule and verify each chip's graph, chips in pipeline order (a receiver is timed from
+    its sender). `shared`: per chip, placements that weights, constants and state must keep."""
+    placements, scheduled, arrivals = [], [], ()
+    for g, fixed in zip(graphs, shared):
+        placed = place(g, chip, fixed)
+        check(g, placed, chip)
+        s = schedule(g, placed, chip, arrivals=arrivals, name=name)
+        _verify(s, chip)
+        arrivals = link_arrivals(chip, s.sent)
+        placements.append(placed)
+        scheduled.append(s)
+    return tuple(placements), tuple(scheduled)
+
+
+def _verify(s: Scheduled, chip: Chip) -> None:
+    """The program verifier, before anything runs: every static and timing rule of the simulator (no unit or
+    stream conflict in any cycle, every operand there at its exact latency, banks, MXM order), and the cycle
+    count the schedule promised."""
+    checked = verify(s.program, chip)
+    if checked.cycles != s.predicted_cycles:
+        raise InternalError(f"{s.program.name}: the schedule predicted {s.predicted_cycles} cycles, the verifier "
+                            f"counts {checked.cycles}")
+
+
+def _what(g: ChipGraph, placed: dict[str, Tensor], chip: Chip, chips: int) -> str:
+    """What the chip holds, and why that many blocks: how full its MXM weight slices are on each side."""
     parts = [f"blocks {g.layers.start}-{g.layers.stop - 1}" if len(g.layers) else "no blocks"]
     if g.index == chips - 1:
         parts.append("final norm + LM head")
-    return ", ".join(parts)
+    lanes, depth = chip.lanes.lanes, chip.mem.addresses_per_slice
+    weights = [placed[t.name] for t in g.by_role(Role.WEIGHT)]
+    full = {h: max((t.addresses_used(lanes).stop for t in weights if t.placement.hemisphere is h), default=0)
+            for h in Hemisphere}
+    parts.append("MXM weight slices " + ", ".join(f"{h.value} {100 * full[h] / depth:.0f} %" for h in Hemisphere)
+                 + " full")
+    return "; ".join(parts)
 
 
 def dump(c: CompiledModel, directory: Path) -> list[Path]:
@@ -128,13 +196,17 @@ def dump(c: CompiledModel, directory: Path) -> list[Path]:
 
     write("0-split.txt", "\n".join(c.summary_lines()))
     lanes = c.chip.lanes.lanes
-    for g, placed, s in zip(c.graphs, c.placements, c.scheduled):
-        write(f"1-lowered.chip{g.index}.txt", str(g))
-        rows = [f"{t.name} {t.placement.hemisphere.value} slices {t.slices_used().start}-{t.slices_used().stop - 1}"
-                f" addresses {t.addresses_used(lanes).start}-{t.addresses_used(lanes).stop - 1}"
-                for t in placed.values()]
-        write(f"2-placed.chip{g.index}.txt", "\n".join(rows))
-        write(f"3-scheduled.chip{g.index}.txt",
-              "\n".join(f"{a:>9} {b:>9}  {op}" for (a, b), op in zip(s.spans, g.ops)))
-        write(f"4-program.chip{g.index}.s", print_program(s.program))
+    jobs = [("", c.graphs, c.placements, c.scheduled)]
+    if c.prefill is not None:
+        jobs.append(("prefill.", c.prefill.graphs, c.prefill.placements, c.prefill.scheduled))
+    for prefix, graphs, placements, scheduled in jobs:
+        for g, placed, s in zip(graphs, placements, scheduled):
+            write(f"1-{prefix}lowered.chip{g.index}.txt", str(g))
+            rows = [f"{t.name} {t.placement.hemisphere.value} slices {t.slices_used().start}-"
+                    f"{t.slices_used().stop - 1} addresses {t.addresses_used(lanes).start}-"
+                    f"{t.addresses_used(lanes).stop - 1}" for t in placed.values()]
+            write(f"2-{prefix}placed.chip{g.index}.txt", "\n".join(rows))
+            write(f"3-{prefix}scheduled.chip{g.index}.txt",
+                  "\n".join(f"{a:>9} {b:>9}  {op}" for (a, b), op in zip(s.spans, g.ops)))
+            write(f"4-{prefix}program.chip{g.index}.s", print_program(s.program))
     return written

@@ -75,14 +75,28 @@ def _vectors(t: TensorDef) -> int:
     return t.blocks * -(-t.rows // t.interleave)
 
 
-def place(graph: ChipGraph, chip: Chip) -> dict[str, Tensor]:
+KEPT = (Role.WEIGHT, Role.CONST, Role.STATE)  # what another program on the same chips finds where it was
+
+
+def place(graph: ChipGraph, chip: Chip, fixed: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Place every tensor of `graph`. `fixed`: the weights, constants and state of another program on the same
+    chip (`kept`), which keep their places and whose SRAM no other tensor may take."""
     slices, depth = chip.mem.slices_per_hemisphere, chip.mem.addresses_per_slice
     band = chip.streams.streams_per_direction  # MXM weight slices
     life, near = lifetimes(graph), together(graph)
     boxes: dict[Hemisphere, list[_Box]] = {h: [] for h in Hemisphere}
     placed: dict[str, Tensor] = {}
     top = {h: 0 for h in Hemisphere}
-    weights = [t for t in graph.tensors.values() if t.interleave * t.dtype.width_bytes == band]
+    for t in (fixed or {}).values():  # the other program's weights, constants and state: taken, used here or not
+        if t.name in graph.tensors:
+            placed[t.name] = t
+        h = t.placement.hemisphere
+        used = t.addresses_used(chip.lanes.lanes)
+        boxes[h].append(_Box(t.slices_used(), used.start, used.stop, 0, len(graph.ops)))
+        if t.placement.first_slice == slices - band:
+            top[h] = max(top[h], used.stop)
+    weights = [t for t in graph.tensors.values() if t.interleave * t.dtype.width_bytes == band
+               and t.name not in placed]
     for t in weights:
         h, size = t.hemisphere, _vectors(t)
         if top[h] + size > depth:
@@ -116,6 +130,11 @@ def place(graph: ChipGraph, chip: Chip) -> dict[str, Tensor]:
         boxes[h].append(_Box(range(best[0], best[0] + _width(t)), best[1], best[1] + _vectors(t), t0, t1))
         placed[t.name] = _tensor(t, *best)
     return placed
+
+
+def kept(graph: ChipGraph, placed: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The part of a placement that outlives a program: weights, constants and state."""
+    return {n: t for n, t in placed.items() if graph.tensors[n].role in KEPT}
 
 
 def _lowest(boxes: list[_Box], span: range, size: int, t0: int, t1: int) -> int:

@@ -78,20 +78,23 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
 
 
 def _planes(t: Tensor, lanes: int) -> list[tuple[int, int]]:
-    """(block, byte) of every stream-vector of a one-row tensor, in the order links carry them."""
-    return [(j, byte) for j in range(t.column_blocks(lanes)) for byte in range(t.dtype.width_bytes)]
+    """(address, byte) of every stream-vector of a row-major tensor, in the order links carry them."""
+    if t.placement.interleave != 1:
+        raise InternalError(f"{t.name}: only row-major tensors cross chips")
+    return [(t.placement.address + a, byte) for a in range(t.column_blocks(lanes) * t.rows)
+            for byte in range(t.dtype.width_bytes)]
 
 
 def _send(b: ProgramBuilder, t: Tensor, start: int) -> tuple[int, tuple[int, ...]]:
-    """Each byte plane of one-row `t` (west) to the east link, one per serialisation time."""
+    """Each byte plane of each vector of `t` (west) to the east link, one per serialisation time."""
     chip, lanes = b.chip, b.chip.lanes.lanes
     target, gap = b.position(EAST_LINK), chip.serialisation_cycles
     far = max(abs(target - b.position(mem_queue(t.placement.hemisphere, s))) for s in t.slices_used())
     first = start + far + chip.mem.read_latency_cycles
     sent = []
-    for k, (j, byte) in enumerate(_planes(t, lanes)):
+    for k, (addr, byte) in enumerate(_planes(t, lanes)):
         cycle = first + k * gap
-        plane = View(_byte_plane(t, byte), j, 1, 0, 1)
+        plane = View(_byte_plane(t, byte, addr), 0, 1, 0, 1)
         read_view(b, plane, StreamRef(Direction.E, 0), target, cycle)
         b.place(EAST_LINK, cycle, Instruction(op=Opcode.SEND, a=StreamRef(Direction.E, 0)))
         sent.append(cycle)
@@ -106,21 +109,22 @@ def _receive(b: ProgramBuilder, t: Tensor, arrivals: tuple[int, ...], start: int
         raise InternalError(f"{t.name}: {len(planes)} vectors to receive, {len(arrivals)} sent")
     here, cycle, done = b.position(WEST_LINK), start, start
     out = StreamRef(Direction.E, 0)
-    for (j, byte), arrive in zip(planes, arrivals):
+    for (addr, byte), arrive in zip(planes, arrivals):
         cycle = max(cycle, arrive)
         b.place(WEST_LINK, cycle, Instruction(op=Opcode.RECEIVE, out=out))
         q = mem_queue(t.placement.hemisphere, t.placement.first_slice + byte)
         at = cycle + chip.c2c.receive_latency_cycles + abs(b.position(q) - here)
-        b.place(q, at, Instruction(op=Opcode.WRITE, addr=t.placement.address + j * t.rows_per_group(), a=out))
+        b.place(q, at, Instruction(op=Opcode.WRITE, addr=addr, a=out))
         done = max(done, at + chip.mem.write_latency_cycles + 1)
         cycle += 1
     return done
 
 
-def _byte_plane(t: Tensor, byte: int) -> Tensor:
-    """Byte plane `byte` of t as an int8 tensor on its own slice (for reading one plane onto one stream)."""
+def _byte_plane(t: Tensor, byte: int, address: int) -> Tensor:
+    """One vector of byte plane `byte` of t, as a one-vector int8 tensor (read onto one stream)."""
     p = t.placement
-    return replace(t, dtype=DType.INT8, placement=replace(p, first_slice=p.first_slice + byte))
+    return replace(t, dtype=DType.INT8, rows=1, cols=1,
+                   placement=replace(p, first_slice=p.first_slice + byte, address=address))
 
 
 def link_arrivals(chip: Chip, sent: tuple[int, ...]) -> tuple[int, ...]:

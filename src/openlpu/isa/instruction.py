@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields, replace
 
 from openlpu.errors import ProgramError
@@ -65,9 +66,12 @@ class Instruction:
         return replace(self, **changes)
 
 
+@functools.lru_cache(maxsize=4096)
 def nop(n: int) -> Instruction:
+    """An idle of n cycles (immutable, so shared: programs hold many)."""
     return Instruction(op=Opcode.NOP, n=n)
 
 
+@functools.lru_cache(maxsize=4096)
 def repeat(n: int, d: int = 1) -> Instruction:
     return Instruction(op=Opcode.REPEAT, n=n, d=d)

@@ -39,6 +39,7 @@ class ProgramBuilder:
     checks: list[Check] = field(default_factory=list)
     last_effect: int = -1
     effects: list[int] = field(default_factory=list)  # per placed burst: the cycle its last result lands
+    _positions: dict[QueueId, int] = field(default_factory=dict, repr=False)
 
     @property
     def geo(self) -> Geometry:
@@ -72,7 +73,9 @@ class ProgramBuilder:
 
     # -- stream arithmetic -----------------------------------------------------------------------------------
     def position(self, queue: QueueId) -> int:
-        return semantics.position(self.geo, self.chip, queue)
+        if queue not in self._positions:
+            self._positions[queue] = semantics.position(self.geo, self.chip, queue)
+        return self._positions[queue]
 
     def issue_to_arrive(self, queue: QueueId, op_latency: int, target: int, arrive: int) -> int:
         """Issue cycle for an instruction on `queue` whose result must reach position `target` at `arrive`."""

@@ -16,7 +16,6 @@ have landed: the compiler runs operations one after another, so nothing of two o
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,63 +83,68 @@ class View:
         return self.tensor.placement.first_slice + way * self.dtype.width_bytes + byte
 
 
-def _bursts(points: list[tuple[int, int]]) -> list[tuple[int, int, int, int, int]]:
+def _bursts(points: list[tuple[int, int]] | np.ndarray) -> list[tuple[int, int, int, int, int]]:
     """Split (cycle, address) points, in cycle order, into runs whose cycle and address advance evenly:
-    (first cycle, first address, count, interval, stride)."""
+    (first cycle, first address, count, interval, stride). Greedy from the first point: a run takes every
+    following point that keeps its first step."""
+    pts = np.asarray(points, dtype=np.int64).reshape(-1, 2)
+    n = len(pts)
+    steps = np.diff(pts, axis=0)  # step m: from point m to m + 1
+    changes = np.flatnonzero((steps[1:] != steps[:-1]).any(axis=1)) + 1  # steps that differ from the one before
     runs: list[tuple[int, int, int, int, int]] = []
     i = 0
-    while i < len(points):
-        c0, a0 = points[i]
-        if i + 1 == len(points):
+    while i < n:
+        c0, a0 = int(pts[i, 0]), int(pts[i, 1])
+        if i == n - 1:
             runs.append((c0, a0, 1, 1, 1))
             break
-        interval, stride = points[i + 1][0] - c0, points[i + 1][1] - a0
-        j = i + 1
-        while j + 1 < len(points) and points[j + 1][0] - points[j][0] == interval \
-                and points[j + 1][1] - points[j][1] == stride:
-            j += 1
-        runs.append((c0, a0, j - i + 1, interval, stride))
-        i = j + 1
+        k = np.searchsorted(changes, i + 1)  # the first step after step i that differs from it
+        last = int(changes[k]) if k < len(changes) else n - 1
+        runs.append((c0, a0, last - i + 1, int(steps[i, 0]), int(steps[i, 1])))
+        i = last + 1
     return runs
 
 
-def _place_mem(b: ProgramBuilder, q: QueueId, points: list[tuple[int, int]], make) -> None:
+def _place_mem(b: ProgramBuilder, q: QueueId, points: np.ndarray, make) -> None:
     for cycle, addr, count, interval, stride in _bursts(points):
         b.place(q, cycle, make(addr, None if stride == 1 else stride), count, interval)
+
+
+def _ways(view: View) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Per slice group (way) the view touches: (way, indices k of its vectors, their addresses)."""
+    p, t = view.tensor.placement, view.tensor
+    k = np.arange(view.count)
+    block = view.block0 + k // view.rows
+    row = view.row0 + (k % view.rows) * view.step
+    way = row % p.interleave
+    addr = p.address + block * t.rows_per_group() + row // p.interleave
+    return [(w, k[way == w], addr[way == w]) for w in np.unique(way).tolist()]
 
 
 def read_view(b: ProgramBuilder, view: View, ref: StreamRef, target: int, arrive: int) -> None:
     """Read `view` onto stream group `ref` so that vector k reaches position `target` in cycle `arrive + k`."""
     lat = b.chip.mem.read_latency_cycles
-    points: dict[QueueId, list[tuple[int, int]]] = defaultdict(list)
-    for k in range(view.count):
-        way, addr = view.at(k)
+    for way, ks, addrs in _ways(view):
         for byte in range(view.dtype.width_bytes):
             q = mem_queue(view.hemisphere, view.slice_of(way, byte))
-            points[q].append((b.issue_to_arrive(q, lat, target, arrive + k), addr))
-    for byte_q, pts in points.items():
-        byte = (byte_q.index - view.tensor.placement.first_slice) % view.dtype.width_bytes
-        out = StreamRef(ref.direction, ref.index + byte)
-        _place_mem(b, byte_q, pts, lambda addr, stride, out=out: Instruction(op=Opcode.READ, addr=addr, out=out,
-                                                                                 stride=stride))
+            cycles = b.issue_to_arrive(q, lat, target, arrive) + ks
+            out = StreamRef(ref.direction, ref.index + byte)
+            _place_mem(b, q, np.stack([cycles, addrs], axis=1),
+                       lambda addr, stride, out=out: Instruction(op=Opcode.READ, addr=addr, out=out, stride=stride))
 
 
 def write_view(b: ProgramBuilder, ref: StreamRef, diagonal: int, view: View) -> int:
     """Write a train on `ref` into `view`: vector k is at position q in cycle `diagonal + q * step + k`.
     Returns the first cycle after the last commit."""
-    step = ref.direction.step
-    points: dict[QueueId, list[tuple[int, int]]] = defaultdict(list)
-    for k in range(view.count):
-        way, addr = view.at(k)
+    step, done = ref.direction.step, 0
+    for way, ks, addrs in _ways(view):
         for byte in range(view.dtype.width_bytes):
             q = mem_queue(view.hemisphere, view.slice_of(way, byte))
-            points[q].append((diagonal + b.position(q) * step + k, addr))
-    done = 0
-    for q, pts in points.items():
-        byte = (q.index - view.tensor.placement.first_slice) % view.dtype.width_bytes
-        a = StreamRef(ref.direction, ref.index + byte)
-        _place_mem(b, q, pts, lambda addr, stride, a=a: Instruction(op=Opcode.WRITE, addr=addr, a=a, stride=stride))
-        done = max(done, pts[-1][0] + b.chip.mem.write_latency_cycles + 1)
+            cycles = diagonal + b.position(q) * step + ks
+            a = StreamRef(ref.direction, ref.index + byte)
+            _place_mem(b, q, np.stack([cycles, addrs], axis=1),
+                       lambda addr, stride, a=a: Instruction(op=Opcode.WRITE, addr=addr, a=a, stride=stride))
+            done = max(done, int(cycles[-1]) + b.chip.mem.write_latency_cycles + 1)
     return done
 
 

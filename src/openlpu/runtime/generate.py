@@ -203,12 +203,9 @@ class Generation:
 
 
 def _prefill(session: Session, prompt_ids: Sequence[int]) -> tuple[Any, int]:
-    """Run the prompt through the decode program; return the last step and the cycles of all of them."""
-    cycles = 0
-    for position, token in enumerate(prompt_ids):
-        step = session.step(token, position)
-        cycles += step.cycles
-    return step, cycles
+    """Run the prompt (the prefill program, or the decode step token by token); the last logits and the cycles."""
+    step = session.prefill(prompt_ids)
+    return step, step.cycles
 
 
 def generate(

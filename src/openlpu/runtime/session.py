@@ -12,14 +12,16 @@ Two fidelities run the same programs:
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from openlpu.compiler import fast
-from openlpu.compiler.chipgraph import Role
-from openlpu.compiler.lower import embedding_row, step_inputs
+from openlpu.compiler.chipgraph import ChipGraph, Role
+from openlpu.compiler.lower import embedding_rows, prefill_inputs, step_inputs
 from openlpu.compiler.pipeline import CompiledModel
+from openlpu.compiler.schedule import Scheduled
 from openlpu.errors import ConfigError, InternalError
 from openlpu.system.simulate import simulate_system
 from openlpu.system.topology import pipeline
@@ -51,47 +53,75 @@ class Session:
         self.state = [{name: np.array(v) for name, v in g.data.items()} for g in self.compiled.graphs]
 
     def inputs(self, token_id: int, position: int) -> list[dict[str, np.ndarray]]:
-        """What the host writes into each chip before the step."""
+        """What the host writes into each chip before a decode step."""
         c = self.compiled
         if not 0 <= position < c.context:
             raise ConfigError(f"position {position} is outside the compiled context of {c.context}; compile with "
                               "a longer --context")
-        if not 0 <= token_id < c.config.vocab_size:
-            raise ConfigError(f"token id {token_id} is outside the vocabulary of {c.config.vocab_size}")
+        self._check_tokens([token_id])
         rows = step_inputs(c.config, c.dims, position)
         per_chip = [dict(rows) for _ in c.graphs]
-        per_chip[0]["x_in"] = embedding_row(c.embedding, c.dims, token_id)
+        per_chip[0]["x_in"] = embedding_rows(c.embedding, c.dims, [token_id])
         return per_chip
+
+    def _check_tokens(self, tokens: Sequence[int]) -> None:
+        vocab = self.compiled.config.vocab_size
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            raise ConfigError(f"token id {bad[0]} is outside the vocabulary of {vocab}")
 
     def step(self, token_id: int, position: int) -> StepResult:
         """One decode step: the token at `position` in, the next token's logits out."""
-        inputs = self.inputs(token_id, position)
-        if self.fidelity is Fidelity.FAST:
-            outputs = self._fast(inputs)
-        else:
-            outputs = self._cycle(inputs)
-        vocab = self.compiled.config.vocab_size
-        logits = np.concatenate([outputs["logits_w"], outputs["logits_e"]], axis=1)[0, :vocab]
-        return StepResult(logits.astype(np.float32), self.compiled.cycles_per_step)
+        c = self.compiled
+        outputs = self._run(c.graphs, c.scheduled, c.cycles_per_step, self.inputs(token_id, position))
+        return StepResult(self._logits(outputs), c.cycles_per_step)
 
-    def _fast(self, inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    def prefill(self, token_ids: Sequence[int]) -> StepResult:
+        """The prompt at positions 0..P-1, from an empty cache: the compiled prefill program when there is one for
+        P tokens, else the decode step once per token. The last token's logits, and the cycles of it all."""
+        c, prompt = self.compiled, len(token_ids)
+        if c.prefill is None or c.prefill.prompt != prompt:
+            cycles = 0
+            for position, token in enumerate(token_ids):
+                step = self.step(token, position)
+                cycles += step.cycles
+            return StepResult(step.logits, cycles)
+        self._check_tokens(token_ids)
+        rows = prefill_inputs(c.config, c.dims, prompt)
+        inputs = [dict(rows) for _ in c.graphs]
+        inputs[0]["x_in"] = embedding_rows(c.embedding, c.dims, list(token_ids))
+        p = c.prefill
+        return StepResult(self._logits(self._run(p.graphs, p.scheduled, p.cycles, inputs)), p.cycles)
+
+    def _logits(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        vocab = self.compiled.config.vocab_size
+        return np.concatenate([outputs["logits_w"], outputs["logits_e"]], axis=1)[0, :vocab].astype(np.float32)
+
+    def _run(self, graphs: tuple[ChipGraph, ...], scheduled: tuple[Scheduled, ...], cycles: int,
+             inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        if self.fidelity is Fidelity.FAST:
+            return self._fast(graphs, inputs)
+        return self._cycle(graphs, scheduled, cycles, inputs)
+
+    def _fast(self, graphs: tuple[ChipGraph, ...], inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         sent: list[np.ndarray] = []
         slots = self.compiled.chip.mxm.accumulator_vectors
-        for g, env, given in zip(self.compiled.graphs, self.state, inputs):
+        for g, env, given in zip(graphs, self.state, inputs):
             env.update(given)
             sent = fast.run(g, env, slots=slots, splits=self.splits, received=sent)
         return self.state[-1]
 
-    def _cycle(self, inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    def _cycle(self, graphs: tuple[ChipGraph, ...], scheduled: tuple[Scheduled, ...], cycles: int,
+               inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         c = self.compiled
-        kept = [{t.name for t in g.tensors.values() if t.role is not Role.ACT} for g in c.graphs]
+        kept = [{t.name for t in g.tensors.values() if t.role is not Role.ACT} for g in graphs]
         loads = [{**{n: v for n, v in env.items() if n in names}, **given}
                  for env, names, given in zip(self.state, kept, inputs)]
-        result = simulate_system(pipeline(c.chip, c.chips), [s.program for s in c.scheduled], loads,
+        result = simulate_system(pipeline(c.chip, c.chips), [s.program for s in scheduled], loads,
                                  run_checks=False)
-        if result.cycles != c.cycles_per_step:
-            raise InternalError(f"simulated {result.cycles} cycles, the schedule predicted {c.cycles_per_step}")
-        for env, r, g in zip(self.state, result.results, c.graphs):
+        if result.cycles != cycles:
+            raise InternalError(f"simulated {result.cycles} cycles, the schedule predicted {cycles}")
+        for env, r, g in zip(self.state, result.results, graphs):
             for t in g.tensors.values():
                 if t.role in (Role.STATE, Role.OUTPUT):
                     env[t.name] = r.tensors[t.name]
