@@ -9,6 +9,7 @@ from openlpu.compiler.pipeline import compile_model, dump
 from openlpu.errors import ConfigError
 from openlpu.hardware.chip import load_chip
 from openlpu.isa.asm import parse_program
+from openlpu.runtime.session import Fidelity, open_session
 
 CHIP = load_chip("groqchip1")
 
@@ -28,14 +29,19 @@ def test_every_stage_dumps_and_the_program_text_round_trips(tmp_path, monkeypatc
 def test_a_second_compile_comes_from_the_disk_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENLPU_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("OPENLPU_NO_CACHE", raising=False)
-    first = compile_model(truncated_path(1), CHIP, context=16)
-    entries = list(tmp_path.rglob("*.pickle"))
-    assert len(entries) == 1
-    second = compile_model(truncated_path(1), CHIP, context=16)
-    assert second.cycles_per_step == first.cycles_per_step
+    first = compile_model(truncated_path(1), CHIP, context=16, prompt=3)
+    kinds = sorted(p.parent.name for p in tmp_path.rglob("*.pickle"))
+    assert kinds == ["decode", "decode-programs", "prefill", "prefill-programs"]
+    second = compile_model(truncated_path(1), CHIP, context=16, prompt=3)
+    assert second.cycles_per_step == first.cycles_per_step and second.prefill.cycles == first.prefill.cycles
     assert second.scheduled[0].program == first.scheduled[0].program
+    assert second.prefill.scheduled[0].program == first.prefill.scheduled[0].program
+    light = compile_model(truncated_path(1), CHIP, context=16, prompt=3, programs=False)
+    assert light.scheduled[0].program is None and light.prefill.scheduled[0].program is None
+    with pytest.raises(ConfigError, match="without its programs"):
+        open_session(light, Fidelity.CYCLE).step(1, 0)
     compile_model(truncated_path(1), CHIP, context=32)
-    assert len(list(tmp_path.rglob("*.pickle"))) == 2
+    assert len(list(tmp_path.rglob("*.pickle"))) == 6
 
 
 def test_int8_is_refused_with_what_to_do():

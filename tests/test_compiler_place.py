@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -52,8 +53,6 @@ def test_the_verifier_catches_an_overlap():
     g = graph()
     placed = place(g, CHIP)
     k, v = placed["l0_k_cache"], placed["l0_qkv"]
-    import dataclasses
-
     placed[v.name] = dataclasses.replace(v, placement=dataclasses.replace(
         k.placement, interleave=v.placement.interleave))
     with pytest.raises(InternalError, match="share SRAM"):

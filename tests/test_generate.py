@@ -361,7 +361,7 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return tok
 
     def compile_model(model: Any, chip: Chip, *, dtype: str = "fp16", context: int, n_layers: int | None = None,
-                      prompt: int | None = None):
+                      prompt: int | None = None, programs: bool = True):
         seen["compile"] = {"model": model, "chip": chip.name, "dtype": dtype, "context": context,
                            "n_layers": n_layers, "prompt": prompt}
         return FakeCompiled(chip=chip, dtype=dtype, context=context, n_layers=n_layers or 30)

@@ -411,7 +411,7 @@ def generate_command(
     context = default_context(prompt_tokens, max_tokens) if context is None else context
     check_fits(prompt_tokens, max_tokens, context)
     compiled = compile_model(model_path, load_chip(chip or DEFAULT_CHIP), dtype=dtype, context=context,
-                             n_layers=layers, prompt=prompt_tokens)
+                             n_layers=layers, prompt=prompt_tokens, programs=fidelity == Fidelity.CYCLE.value)
     session = open_session(compiled, Fidelity(fidelity))
     g = generate(session, tokenizer, prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                  seed=seed, on_text=None if as_json else lambda text: typer.echo(text, nl=False))

@@ -23,7 +23,7 @@ from openlpu.sim import numerics as nx
 LANES = 320
 UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RECIP, Opcode.RSQRT, Opcode.TANH,
          Opcode.SIGMOID, Opcode.SILU}
-Splits = dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]  # per weight tile: fp64 values, fp32 |values|
+Tiles = dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]  # per weight K tile: fp64 values, fp32 |values|
 
 
 def take(t: TensorDef, ref: Ref, arr: np.ndarray) -> np.ndarray:
@@ -53,7 +53,7 @@ def vxm(op: Vxm, a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return nx.vxm_binary(op.op, a, second, op.dtype)
 
 
-def matmul(a: np.ndarray, w: np.ndarray, slots: int, split: Callable[[int], tuple[np.ndarray, np.ndarray]]
+def matmul(a: np.ndarray, w: np.ndarray, slots: int, tile: Callable[[int], tuple[np.ndarray, np.ndarray]]
            ) -> np.ndarray:
     """`fast_matmul`'s arithmetic, all N tiles of a K tile in one pass call (each column is its own exact sum,
     so grouping columns changes nothing): passes folded in K order, rows in blocks of `slots`. Each pass is
@@ -63,13 +63,13 @@ def matmul(a: np.ndarray, w: np.ndarray, slots: int, split: Callable[[int], tupl
         acc = None
         for kt in range(a.shape[1] // LANES):
             k = slice(kt * LANES, (kt + 1) * LANES)
-            product = nx.mxm_pass_fp16(a[m0:m0 + slots, k], *split(kt))
+            product = nx.mxm_pass_fp16(a[m0:m0 + slots, k], *tile(kt))
             acc = product if acc is None else nx.accumulate(acc, product, DType.FP16)
         out[m0:m0 + slots] = acc
     return out
 
 
-def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, splits: Splits,
+def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tiles,
         received: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Run `graph` on `env` (every tensor by name, updated in place). Returns what the chip sends."""
     tensors, sent = graph.tensors, []
@@ -84,14 +84,15 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, splits: Spl
         elif isinstance(op, Matmul):
             w = env[op.w]
 
-            def split(kt: int, name: str = op.w, w: np.ndarray = w) -> tuple[np.ndarray, np.ndarray]:
+            def tile(kt: int, name: str = op.w, w: np.ndarray = w) -> tuple[np.ndarray, np.ndarray]:
+                """K tile kt of weight `name` as the fp16 pass wants it, kept for the next step."""
                 key = (name, kt)
-                if key not in splits:
-                    tile = w[kt * LANES:(kt + 1) * LANES].astype(np.float64)
-                    splits[key] = (tile, np.abs(tile).astype(np.float32))
-                return splits[key]
+                if key not in tiles:
+                    values = w[kt * LANES:(kt + 1) * LANES].astype(np.float64)
+                    tiles[key] = (values, np.abs(values).astype(np.float32))
+                return tiles[key]
 
-            env[op.c] = matmul(env[op.a], w, slots, split)
+            env[op.c] = matmul(env[op.a], w, slots, tile)
         elif isinstance(op, RmsNorm):
             env[op.y] = fast_rmsnorm(env[op.x], env[op.w], op.n, op.eps, LANES)
         elif isinstance(op, Scatter):

@@ -133,7 +133,7 @@ def _repeat_kv(w: np.ndarray, cfg: LlamaConfig) -> np.ndarray:
     return np.repeat(h, cfg.group_size, axis=1).reshape(w.shape[0], -1)
 
 
-def _place(blocks: list[np.ndarray], rows: int, widths: list[int]) -> np.ndarray:
+def _columns(blocks: list[np.ndarray], rows: int, widths: list[int]) -> np.ndarray:
     """Stack column groups, each padded to its width, under `rows` rows (zero padding): fp16."""
     out = np.zeros((rows, sum(widths)), np.float16)
     c = 0
@@ -151,10 +151,10 @@ def layer_weights(model: GGUFModel, i: int, dims: Dims) -> dict[str, np.ndarray]
     wk, wv = _repeat_kv(wk, cfg), _repeat_kv(wv, cfg)
     dh, qp = cfg.head_dim, dims.qp
     return {
-        "qkv": _place([wq, wk, _rotate_cols(wq, dh), _rotate_cols(wk, dh), wv], dims.dp, [qp] * 5),
-        "o": _place([w[p + "attn_output.weight"].T], qp, [dims.dp]),
-        "gu": _place([w[p + "ffn_gate.weight"].T, w[p + "ffn_up.weight"].T], dims.dp, [dims.fp] * 2),
-        "down": _place([w[p + "ffn_down.weight"].T], dims.fp, [dims.dp]),
+        "qkv": _columns([wq, wk, _rotate_cols(wq, dh), _rotate_cols(wk, dh), wv], dims.dp, [qp] * 5),
+        "o": _columns([w[p + "attn_output.weight"].T], qp, [dims.dp]),
+        "gu": _columns([w[p + "ffn_gate.weight"].T, w[p + "ffn_up.weight"].T], dims.dp, [dims.fp] * 2),
+        "down": _columns([w[p + "ffn_down.weight"].T], dims.fp, [dims.dp]),
         "attn_norm": _row(w[p + "attn_norm.weight"], dims.dp),
         "ffn_norm": _row(w[p + "ffn_norm.weight"], dims.dp),
     }
@@ -174,7 +174,7 @@ def head_weights(model: GGUFModel, dims: Dims) -> dict[str, np.ndarray]:
     vocab = table.shape[0]
     blocks = math.ceil(vocab / LANES)
     west = (blocks + 1) // 2 * LANES
-    full = _place([table.T], dims.dp, [blocks * LANES])
+    full = _columns([table.T], dims.dp, [blocks * LANES])
     return {"head_w": full[:, :west], "head_e": full[:, west:], "output_norm": _row(w["output_norm.weight"], dims.dp)}
 
 

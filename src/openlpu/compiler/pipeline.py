@@ -33,7 +33,7 @@ from openlpu.frontends.models import default_model_path
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Hemisphere
 from openlpu.isa.asm import print_program
-from openlpu.isa.program import Tensor
+from openlpu.isa.program import Program, Tensor
 from openlpu.sim.engine import verify
 
 DTYPES = ("fp16",)
@@ -91,11 +91,12 @@ class CompiledModel:
 
 
 def compile_model(model: str | Path | GGUFModel | None, chip: Chip, *, dtype: str = "fp16", context: int,
-                  n_layers: int | None = None, chips: int | None = None, prompt: int | None = None
-                  ) -> CompiledModel:
+                  n_layers: int | None = None, chips: int | None = None, prompt: int | None = None,
+                  programs: bool = True) -> CompiledModel:
     """Compile the decode step of a llama GGUF model (default: the embedded SmolLM2) for `chip`s, and with
     `prompt` the prefill of that many tokens. A model given by path is compiled once per (file, chip, options,
-    compiler source) and then read from the disk cache."""
+    compiler source) and then read from the disk cache; `programs=False` leaves the instruction listings on disk
+    (the fast path does not read them: `Scheduled.program` is then None)."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype}: the chip compiler emits fp16 programs only so far (int8 weights are "
                           "sized by `openlpu plan` but not compiled yet); use --dtype fp16")
@@ -109,11 +110,46 @@ def compile_model(model: str | Path | GGUFModel | None, chip: Chip, *, dtype: st
     key = {"model": file_identity(path), "chip": chip, "dtype": dtype, "context": context, "n_layers": n_layers,
            "chips": chips}
     load = functools.cache(lambda: load_gguf(path, n_layers=n_layers))
-    decode = cached("decode", key, lambda: _compile(load(), chip, dtype, context, chips))
+    made: dict[str, CompiledModel | Programs] = {}  # what this call compiled, listings included
+
+    def make_decode() -> CompiledModel:
+        made["decode"] = _compile(load(), chip, dtype, context, chips)
+        return made["decode"]
+
+    decode = cached("decode", key, lambda: _without_programs(make_decode()))
+    if programs:
+        listing = cached("decode-programs", key, lambda: _programs(made.get("decode") or make_decode()))
+        decode = _with_programs(decode, listing)
     if prompt is None:
         return decode
-    prefill = cached("prefill", {**key, "prompt": prompt}, lambda: _prefill(load(), decode, prompt))
+
+    def make_prefill() -> Programs:
+        made["prefill"] = _prefill(load(), decode, prompt)
+        return made["prefill"]
+
+    pkey = {**key, "prompt": prompt}
+    prefill = cached("prefill", pkey, lambda: _without_programs(make_prefill()))
+    if programs:
+        listing = cached("prefill-programs", pkey, lambda: _programs(made.get("prefill") or make_prefill()))
+        prefill = _with_programs(prefill, listing)
     return dataclasses.replace(decode, prefill=prefill)
+
+
+# Programs are cached apart from the rest: a fast-path run needs only the graphs and the predicted cycles, and
+# loading the millions of instruction records of a prefill program takes far longer than the weights.
+
+
+def _programs(c: CompiledModel | Programs) -> tuple[Program, ...]:
+    return tuple(s.program for s in c.scheduled)
+
+
+def _without_programs(c):
+    return dataclasses.replace(c, scheduled=tuple(dataclasses.replace(s, program=None) for s in c.scheduled))
+
+
+def _with_programs(c, listing: tuple[Program, ...]):
+    return dataclasses.replace(c, scheduled=tuple(dataclasses.replace(s, program=p)
+                                                  for s, p in zip(c.scheduled, listing)))
 
 
 def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int | None) -> CompiledModel:

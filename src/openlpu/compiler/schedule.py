@@ -33,9 +33,10 @@ EAST_LINK, WEST_LINK = QueueId(Unit.C2C, Hemisphere.E, 0), QueueId(Unit.C2C, Hem
 @dataclass(frozen=True)
 class Scheduled:
     """A chip's program, its cycle count, each operation's (start, done) cycles, and when its sent vectors
-    leave (for the next chip's receives)."""
+    leave (for the next chip's receives). `program` is None when a compiled model was loaded without its
+    listings (`compile_model(programs=False)`)."""
 
-    program: Program
+    program: Program | None
     predicted_cycles: int
     spans: tuple[tuple[int, int], ...]
     sent: tuple[int, ...]

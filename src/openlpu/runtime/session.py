@@ -43,7 +43,7 @@ class Session:
     compiled: CompiledModel
     fidelity: Fidelity
     state: list[dict[str, np.ndarray]] = field(default_factory=list)  # per chip: every tensor kept across steps
-    splits: fast.Splits = field(default_factory=dict)
+    tiles: fast.Tiles = field(default_factory=dict)  # weight tiles prepared for the fast path, per session
 
     def __post_init__(self) -> None:
         self.reset()
@@ -108,12 +108,15 @@ class Session:
         slots = self.compiled.chip.mxm.accumulator_vectors
         for g, env, given in zip(graphs, self.state, inputs):
             env.update(given)
-            sent = fast.run(g, env, slots=slots, splits=self.splits, received=sent)
+            sent = fast.run(g, env, slots=slots, tiles=self.tiles, received=sent)
         return self.state[-1]
 
     def _cycle(self, graphs: tuple[ChipGraph, ...], scheduled: tuple[Scheduled, ...], cycles: int,
                inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         c = self.compiled
+        if any(s.program is None for s in scheduled):
+            raise ConfigError("this compiled model was loaded without its programs (compile_model(programs=False)); "
+                              "load it with programs=True to run it cycle by cycle")
         kept = [{t.name for t in g.tensors.values() if t.role is not Role.ACT} for g in graphs]
         loads = [{**{n: v for n, v in env.items() if n in names}, **given}
                  for env, names, given in zip(self.state, kept, inputs)]
