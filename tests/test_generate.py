@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from openlpu import cli
+from openlpu.compiler.pipeline import ChipReport
 from openlpu.errors import ConfigError
 from openlpu.hardware import load_chip
 from openlpu.hardware.chip import Chip
@@ -51,24 +52,15 @@ class FakeFidelity(enum.Enum):
 
 
 @dataclass(frozen=True)
-class FakeReport:
-    index: int
-    layers: range
-    sram_used_bytes: int
-    sram_bytes: int
-    what: str
-
-
-@dataclass(frozen=True)
 class FakeCompiled:
     chip: Chip = CHIP
     chips: int = 2
     dtype: str = "fp16"
     context: int = 64
     n_layers: int = 30
-    chip_reports: tuple[FakeReport, ...] = (
-        FakeReport(0, range(0, 15), 200_000_000, CHIP.sram_bytes, "embedding, blk.0-14"),
-        FakeReport(1, range(15, 30), 190_000_000, CHIP.sram_bytes, "blk.15-29, output"),
+    chip_reports: tuple[ChipReport, ...] = (
+        ChipReport(0, range(0, 15), 200_000_000, CHIP.sram_bytes, "embedding, blk.0-14"),
+        ChipReport(1, range(15, 30), 190_000_000, CHIP.sram_bytes, "blk.15-29, output"),
     )
     cycles_per_step: int = BASE_CYCLES
 
