@@ -13,6 +13,10 @@ from openlpu.compiler.lower import (
     _repeat_kv,
     _rotate_cols,
     check_model,
+    head_columns,
+    head_weights,
+    layer_shapes,
+    layer_weights,
     lower_chip,
     score_matrix,
     split_layers,
@@ -88,3 +92,14 @@ def test_chips_pass_the_hidden_state_along_and_only_the_last_has_the_head():
     assert {t.name for t in last.by_role(Role.OUTPUT)} == {"logits_w", "logits_e"}
     assert not first.by_role(Role.OUTPUT)
     assert all(isinstance(op, Matmul) for op in last.ops if "logits" in str(op))
+
+
+def test_the_capacity_count_uses_the_shapes_the_weights_are_laid_out_in():
+    model = our_model(1)
+    dims = Dims(model.config, 16)
+    ws = layer_weights(model, 0, dims)
+    assert {k: ws[k].shape for k in layer_shapes(dims)} == layer_shapes(dims)
+    head = head_weights(model, dims)
+    west, total = head_columns(model.config.vocab_size)
+    assert head["head_w"].shape == (dims.dp, west) and head["head_e"].shape == (dims.dp, total - west)
+    assert score_matrix(dims).shape == (2 * dims.qp, dims.qp)

@@ -143,6 +143,18 @@ def _columns(blocks: list[np.ndarray], rows: int, widths: list[int]) -> np.ndarr
     return out
 
 
+def layer_shapes(dims: Dims) -> dict[str, tuple[int, int]]:
+    """[K, N] of each of a block's MXM weights as `layer_weights` lays them out."""
+    return {"qkv": (dims.dp, 5 * dims.qp), "o": (dims.qp, dims.dp), "gu": (dims.dp, 2 * dims.fp),
+            "down": (dims.fp, dims.dp)}
+
+
+def head_columns(vocab: int) -> tuple[int, int]:
+    """Columns of the LM head's west half and of the whole head: whole 320-lane blocks, split evenly."""
+    blocks = math.ceil(vocab / LANES)
+    return (blocks + 1) // 2 * LANES, blocks * LANES
+
+
 def layer_weights(model: GGUFModel, i: int, dims: Dims) -> dict[str, np.ndarray]:
     """Block i's weights as the chip stores them (fp16, [K padded, N laid out]), and its norm rows (fp32)."""
     cfg, w = model.config, model.weights
@@ -171,10 +183,8 @@ def head_weights(model: GGUFModel, dims: Dims) -> dict[str, np.ndarray]:
     output.weight), cut into a west and an east half of whole column blocks."""
     w = model.weights
     table = w.get("output.weight", w["token_embd.weight"])
-    vocab = table.shape[0]
-    blocks = math.ceil(vocab / LANES)
-    west = (blocks + 1) // 2 * LANES
-    full = _columns([table.T], dims.dp, [blocks * LANES])
+    west, total = head_columns(table.shape[0])
+    full = _columns([table.T], dims.dp, [total])
     return {"head_w": full[:, :west], "head_e": full[:, west:], "output_norm": _row(w["output_norm.weight"], dims.dp)}
 
 
@@ -438,11 +448,11 @@ def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = N
     hemisphere (the head on the last chip): the fewest chips that hold the model, or exactly `chips`, the
     layers shared out as evenly as the capacities allow."""
     band = chip.mem.addresses_per_slice
-    layer = {h: sum(_weight_vectors(v, chip) for k, v in layer_weights(model, 0, dims).items()
-                    if WEIGHT_SIDE.get(k) is h) for h in (W, E)}
-    head = head_weights(model, dims)
-    head_need = {W: _weight_vectors(head["head_w"], chip), E: _weight_vectors(head["head_e"], chip)}
-    ones = {W: _weight_vectors(score_matrix(dims), chip), E: 0}
+    layer = {h: sum(_weight_vectors(shape, chip) for k, shape in layer_shapes(dims).items()
+                    if WEIGHT_SIDE[k] is h) for h in (W, E)}
+    west, total = head_columns(model.config.vocab_size)
+    head_need = {W: _weight_vectors((dims.dp, west), chip), E: _weight_vectors((dims.dp, total - west), chip)}
+    ones = {W: _weight_vectors((2 * dims.qp, dims.qp), chip), E: 0}
 
     def most(with_head: bool) -> int:
         free = {h: band - ones[h] - with_head * head_need[h] for h in (W, E)}
@@ -468,7 +478,7 @@ def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = N
     return [range(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
 
 
-def _weight_vectors(w: np.ndarray, chip: Chip) -> int:
+def _weight_vectors(shape: tuple[int, int], chip: Chip) -> int:
     """Addresses per slice an fp16 weight [K, N] takes in the MXM layout (16 rows per address, 32 slices)."""
     rows_per_address = chip.streams.streams_per_direction // 2
-    return math.ceil(w.shape[0] / rows_per_address) * math.ceil(w.shape[1] / LANES)
+    return math.ceil(shape[0] / rows_per_address) * math.ceil(shape[1] / LANES)
