@@ -6,7 +6,8 @@ In one run, side by side:
 2. cycle-exact simulation: wall seconds per decode step, and its logits bit-identical to the fast path's;
 3. compile time, cold (a fresh cache folder, GGUF load included) and from the disk cache;
 4. schedule quality: predicted cycles per decode step against lower bounds (weight bytes / SRAM or MXM-stream
-   bandwidth, MACs / MXM fp16 rate, hidden state / link bandwidth + latency), and where the cycles go.
+   bandwidth, MACs / the MXM's rate for the weight type, hidden state / link bandwidth + latency), and where the
+   cycles go. `--dtype int8` runs all of it on the int8 compilation.
 
 Loading transformers' model (~35 s for the whole file) is timed and reported apart from every timed figure.
 The last line printed is one JSON object (also written to `--json PATH`).
@@ -37,7 +38,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws pr
 import numpy as np
 
 from openlpu.compiler.cache import CACHE_DIR_ENV, NO_CACHE_ENV
-from openlpu.compiler.chipgraph import Matmul, Receive, RmsNorm, Role, Scatter, Send, TensorDef, Vxm
+from openlpu.compiler.chipgraph import Matmul, Receive, RmsNorm, Role, Scatter, Send, TensorDef, TokenScale, Vxm
 from openlpu.compiler.pipeline import CompiledModel, compile_model
 from openlpu.frontends.llama import param_shapes
 from openlpu.frontends.models import default_model_path
@@ -87,7 +88,7 @@ def cache_folder(path: Path) -> Iterator[None]:
 
 
 def timed_compiles(path: Path, chip: Chip, context: int, layers: int | None,
-                   prompt: int) -> tuple[CompiledModel, dict]:
+                   prompt: int, dtype: str = "fp16") -> tuple[CompiledModel, dict]:
     """Compile the decode step and the prompt's prefill twice into a fresh cache folder: cold (GGUF load,
     lowering, placement, scheduling, verification), then cached."""
     folder = Path(tempfile.mkdtemp(prefix="openlpu-bench-cache-"))
@@ -96,7 +97,7 @@ def timed_compiles(path: Path, chip: Chip, context: int, layers: int | None,
             seconds = []
             for _ in range(2):
                 start = time.perf_counter()
-                compiled = compile_model(path, chip, context=context, n_layers=layers, prompt=prompt)
+                compiled = compile_model(path, chip, dtype=dtype, context=context, n_layers=layers, prompt=prompt)
                 seconds.append(time.perf_counter() - start)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -219,14 +220,15 @@ def real_params(compiled: CompiledModel, layers: range, last: bool) -> dict[str,
 
 
 def chip_work(compiled: CompiledModel) -> list[dict[str, int]]:
-    """Per chip: real weight bytes (fp16), WEIGHT bytes as stored (padded), weight bytes the matmuls stream
-    (every use of every matrix, padding and constant matrices included), real and executed MACs, and bytes sent."""
+    """Per chip: real weight bytes (fp16: 2 per parameter, int8: 1), WEIGHT bytes as stored (padded), weight bytes
+    the matmuls stream (every use of every matrix, padding and constant matrices included), real and executed MACs,
+    and bytes sent."""
     out = []
     for g in compiled.graphs:
         real = real_params(compiled, g.layers, g.index == compiled.chips - 1)
         mms = [op for op in g.ops if isinstance(op, Matmul)]
         out.append({
-            "real_weight_bytes": 2 * real["params"],
+            "real_weight_bytes": (1 if compiled.dtype == "int8" else 2) * real["params"],
             "stored_weight_bytes": sum(nbytes(t) for t in g.by_role(Role.WEIGHT)),
             "streamed_weight_bytes": sum(nbytes(g.tensors[op.w]) for op in mms),
             "real_macs": real["matrix_params"],
@@ -242,27 +244,27 @@ def link_cycles(chip: Chip, sent_bytes: int) -> int:
     return -(-sent_bytes * chip.clock_hz // rate) + chip.c2c.link_latency_cycles
 
 
-def rates_per_cycle(chip: Chip) -> dict[str, int]:
+def rates_per_cycle(chip: Chip, dtype: str) -> dict[str, int]:
     return {"sram_read": chip.sram_read_bytes_per_cycle,
             "mxm_streams": 2 * chip.streams.streams_per_direction * chip.vector_bytes,
-            "mxm_fp16_macs": chip.macs_per_cycle_fp16}
+            "mxm_macs": chip.macs_per_cycle_int8 if dtype == "int8" else chip.macs_per_cycle_fp16}
 
 
 BOUNDS = (  # name, per-chip quantity, rate
     ("real weights / SRAM read", "real_weight_bytes", "sram_read"),
     ("stored weights / SRAM read", "stored_weight_bytes", "sram_read"),
     ("streamed weights / MXM streams", "streamed_weight_bytes", "mxm_streams"),
-    ("real MACs / MXM fp16", "real_macs", "mxm_fp16_macs"),
-    ("executed MACs / MXM fp16", "executed_macs", "mxm_fp16_macs"),
+    ("real MACs / MXM rate", "real_macs", "mxm_macs"),  # the weight type's rate (int8: 4x fp16)
+    ("executed MACs / MXM rate", "executed_macs", "mxm_macs"),
 )
-REAL_BOUNDS = ("real weights / SRAM read", "real MACs / MXM fp16")
-LAYOUT_BOUNDS = ("streamed weights / MXM streams", "executed MACs / MXM fp16")
+REAL_BOUNDS = ("real weights / SRAM read", "real MACs / MXM rate")
+LAYOUT_BOUNDS = ("streamed weights / MXM streams", "executed MACs / MXM rate")
 
 
 def bounds(compiled: CompiledModel) -> dict[str, Any]:
     """Lower bounds on one decode step's cycles. Aggregate: every chip's bandwidth at once; sequential: a
     one-token pipeline runs the chips one after another, so each chip's own bound, summed, plus every hop."""
-    chip, work, r = compiled.chip, chip_work(compiled), rates_per_cycle(compiled.chip)
+    chip, work, r = compiled.chip, chip_work(compiled), rates_per_cycle(compiled.chip, compiled.dtype)
     links = sum(link_cycles(chip, w["sent_bytes"]) for w in work if w["sent_bytes"])
     rows = {"links (bytes / link rate + latency, per hop)": {"aggregate": links, "sequential": links}}
     for name, key, rate in BOUNDS:
@@ -292,6 +294,8 @@ def op_group(op: Any) -> str:
             return f"matmul.{kind}"
         case RmsNorm():
             return "rmsnorm"
+        case TokenScale():
+            return "token_scale"
         case Scatter():
             return "scatter"
         case Send():
@@ -396,6 +400,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cycle-tokens", type=int, default=2, help="decode steps timed on the cycle-exact path")
     parser.add_argument("--cycle-feed", type=int, default=1, help="untimed cycle-exact steps before those")
     parser.add_argument("--chip", default="groqchip1", help="chip preset or TOML file")
+    parser.add_argument("--dtype", default="fp16", choices=("fp16", "int8"), help="weight type to compile")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args()
     if args.tokens < 2 or args.cycle_tokens < 1 or args.cycle_feed < 0:
@@ -413,7 +418,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer_seconds = time.perf_counter() - start
     prompt_ids = encode_prompt(tokenizer, args.prompt)
     context = default_context(len(prompt_ids), max(args.tokens, args.cycle_feed + args.cycle_tokens))
-    compiled, compile_times = timed_compiles(path, chip, context, args.layers, len(prompt_ids))
+    compiled, compile_times = timed_compiles(path, chip, context, args.layers, len(prompt_ids), args.dtype)
 
     start = time.perf_counter()
     hf = load_hf(path, args.layers)
@@ -429,6 +434,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "machine": machine(),
         "setup": {"model": compiled.model_name, "layers": compiled.n_layers, "chips": compiled.chips,
+                  "dtype": compiled.dtype,
                   "chip": chip.name, "context": context, "prompt": args.prompt, "prompt_tokens": len(prompt_ids),
                   "tokens": args.tokens, "tokenizer_seconds": tokenizer_seconds, "hf_load_seconds": hf_load},
         "generate": {"ours": rates(args.tokens, len(prompt_ids), total, decode),

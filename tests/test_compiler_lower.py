@@ -81,6 +81,28 @@ def test_the_full_model_splits_by_weight_capacity_and_refuses_too_few_chips():
     assert [r.start for r in ranges] == sorted(r.start for r in ranges)
     with pytest.raises(DoesNotFitError, match="need 3 groqchip1 chips; 2 were asked for"):
         split_layers(model, dims, CHIP, chips=2)
+    # int8 halves the weights' addresses: 2 chips (the layout's folded and repeated columns keep it off one)
+    assert [len(r) for r in split_layers(model, dims, CHIP, dtype="int8")] == [15, 15]
+    with pytest.raises(DoesNotFitError, match="need 2 groqchip1 chips; 1 was asked for"):
+        split_layers(model, dims, CHIP, chips=1, dtype="int8")
+
+
+def test_int8_layout_quantises_each_output_column_and_keeps_folded_columns_exact():
+    model = our_model(1)
+    dims = Dims(model.config, 16)
+    f16, i8 = layer_weights(model, 0, dims), layer_weights(model, 0, dims, "int8")
+    for key, shape in layer_shapes(dims).items():
+        q, scale = i8[key], i8[key + "_scale"]
+        assert q.dtype == np.int8 and q.shape == shape and scale.shape == (1, shape[1])
+        assert np.abs(q).max() == 127 and q.min() >= -127
+        w = f16[key].astype(np.float64)
+        assert np.all(np.abs(q * scale.astype(np.float64) - w) <= scale / 2 + np.abs(w) * 2.0**-11 + 1e-12)
+    qp = dims.qp
+    q, scale = i8["qkv"], i8["qkv_scale"][0]
+    rotated = _rotate_cols(q[:, :qp].astype(np.int16), model.config.head_dim)  # q's columns, rotated
+    assert np.array_equal(q[:, 2 * qp:3 * qp], rotated)
+    assert np.array_equal(scale[2 * qp:3 * qp], _rotate_cols(scale[None, :qp], model.config.head_dim)[0].__abs__())
+    assert np.all(scale[dims.qdim:qp] == 1)  # padding columns: all zero, scale 1
 
 
 def test_chips_pass_the_hidden_state_along_and_only_the_last_has_the_head():

@@ -311,7 +311,7 @@ def test_summary_is_plain_json() -> None:
         assert isinstance(s[key], kind), key
     assert s["text"] == "ok" and s["token_ids"] == [*TOK.encode("ok"), TOK.eos_id]
     assert (s["chips"], s["dtype"], s["fidelity"], s["context"]) == (2, "fp16", "fast", 64)
-    assert s["numerics"] == "fp16 weights and activations, fp32 accumulation"
+    assert s["numerics"] == "fp16 weights and matmul inputs, fp32 accumulation; fp32 on the VXM"
     assert s["chip_reports"][1] == {"index": 1, "layer_start": 15, "layer_stop": 30, "sram_used_bytes": 190_000_000,
                                     "sram_bytes": CHIP.sram_bytes, "what": "blk.15-29, output"}
 
@@ -382,7 +382,7 @@ def test_cli_streams_then_tabulates(backend: dict[str, Any]) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(REPLY + "\n")
     for text in ("2 × groqchip1", "blk.0-14", "blk.15-29, output", "cycles per token", "time to first token",
-                 "per-token latency", "tokens/s per user", "fp16 weights and activations, fp32 accumulation",
+                 "per-token latency", "tokens/s per user", "fp16 weights and matmul inputs",
                  "fast", "wall time", "900 MHz"):
         assert text in result.stdout, text
     assert backend["compile"] == {"model": refs.model_path(), "chip": "groqchip1", "dtype": "fp16",

@@ -58,3 +58,11 @@ def test_an_output_in_the_inputs_hemisphere_is_refused():
     x, z = t("x", Hemisphere.W, 0), t("z", Hemisphere.W, 4)
     with pytest.raises(ProgramError, match="output sit in the other"):
         emit_vxm(b, Opcode.COPY, F32, [View.of(x, 320)], View.of(z, 320), 0)
+
+
+def test_a_block_step_of_zero_rereads_one_block_row_by_row():
+    t = Tensor(name="s", dtype=F32, rows=3, cols=960, placement=Placement(hemisphere=Hemisphere.W, first_slice=0,
+                                                                          address=40))
+    view = View(t, 1, 2, 0, 3, 1, 0)  # block 1, twice
+    assert view.count == 6
+    assert [view.at(k) for k in range(6)] == [(0, 43), (0, 44), (0, 45)] * 2

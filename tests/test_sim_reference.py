@@ -233,6 +233,12 @@ def _reduce_cases():
     yield "rowmax-2x100", rowmax(CHIP, rng.normal(0, 2, (2, 100)).astype(np.float32))
 
 
+def _quantize_cases():
+    from openlpu.kernels.quantize import token_scale
+
+    yield "2x700", token_scale(CHIP, np.random.default_rng(8).normal(0, 2, (2, 700)).astype(np.float32))
+
+
 def _softmax_cases():
     from openlpu.kernels.softmax import softmax
 
@@ -270,7 +276,7 @@ def _vectors_cases():
 #: module of openlpu.kernels -> its cases (name, Kernel). Every kernel module must have an entry.
 KERNEL_CASES = {"matmul": _matmul_cases, "chain": _chain_cases, "elementwise": _elementwise_cases,
                 "reduce": _reduce_cases, "softmax": _softmax_cases, "rmsnorm": _rmsnorm_cases,
-                "relayout": _relayout_cases, "vectors": _vectors_cases}
+                "relayout": _relayout_cases, "vectors": _vectors_cases, "quantize": _quantize_cases}
 _NOT_KERNELS = {"builder", "kernel"}
 
 

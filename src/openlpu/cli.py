@@ -324,7 +324,7 @@ def _print_plan(p: Plan) -> None:
 @app.command("compile")
 def compile_command(
     model: ModelOption = None,
-    dtype: Annotated[str, typer.Option("--dtype", metavar="fp16", help="Weight type.")] = "fp16",
+    dtype: Annotated[str, typer.Option("--dtype", metavar="fp16|int8", help="Weight type.")] = "fp16",
     chip: ChipOption = None,
     context: Annotated[int, typer.Option("--context", metavar="N",
                                          help="KV-cache positions (a power of two).")] = 128,

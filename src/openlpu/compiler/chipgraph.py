@@ -7,8 +7,9 @@ vectors of a tensor in the order a train carries them (see `openlpu.kernels.vect
 
 Operations:
     Vxm      out = op(ins...) elementwise on one ALU; inputs in one hemisphere, output in the other
-    Matmul   c = a @ w on the MXM of their hemisphere (fp16 in, fp32 out)
+    Matmul   c = a @ w on the MXM of their hemisphere (fp16 in, fp32 out; int8 in, int32 out)
     RmsNorm  y = rmsnorm(x, w) over the first n columns (x, w west; y east)
+    TokenScale  y = max(max|x|, floor) / 127 per row of x, in every lane (x west; y east): int8 activations
     Scatter  row index[0] of `dst` (block by block) = src; dst in the other hemisphere
     Send     the vectors of `src` over the east link to the next chip
     Receive  the vectors the previous chip sent, into `dst`
@@ -59,8 +60,9 @@ class TensorDef:
 
 @dataclass(frozen=True, slots=True)
 class Ref:
-    """Vectors of tensor `name`: blocks block0.., rows row0 + i * step (rows None: all rows; step 0: one row
-    repeated `rows` times)."""
+    """Vectors of tensor `name`: blocks block0 + j * block_step (blocks None: all blocks; block_step 0: one
+    block repeated `blocks` times), in each rows row0 + i * step (rows None: all rows; step 0: one row repeated
+    `rows` times)."""
 
     name: str
     block0: int = 0
@@ -68,10 +70,13 @@ class Ref:
     row0: int = 0
     rows: int | None = None
     step: int = 1
+    block_step: int = 1
 
     def __str__(self) -> str:
         parts = [self.name]
-        if self.block0 or self.blocks is not None:
+        if self.block_step != 1:
+            parts.append(f"[b{self.block0}+{self.block_step}*{self.blocks}]")
+        elif self.block0 or self.blocks is not None:
             parts.append(f"[b{self.block0}:{'' if self.blocks is None else self.block0 + self.blocks}]")
         if self.row0 or self.rows is not None or self.step != 1:
             parts.append(f"[r{self.row0}+{self.step}*{self.rows}]")
@@ -137,6 +142,25 @@ class RmsNorm:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenScale:
+    x: str
+    y: str
+
+    @property
+    def scratch(self) -> tuple[str, str]:
+        return (f"{self.y}_p0", f"{self.y}_p1")
+
+    def reads(self) -> tuple[str, ...]:
+        return (self.x,)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.y, *self.scratch)
+
+    def __str__(self) -> str:
+        return f"token_scale {self.y} <- {self.x}"
+
+
+@dataclass(frozen=True, slots=True)
 class Scatter:
     src: Ref
     dst: str
@@ -180,7 +204,7 @@ class Receive:
         return f"receive {self.dst}"
 
 
-Operation = Vxm | Matmul | RmsNorm | Scatter | Send | Receive
+Operation = Vxm | Matmul | RmsNorm | TokenScale | Scatter | Send | Receive
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,30 @@ from collections.abc import Callable
 
 import numpy as np
 
-from openlpu.compiler.chipgraph import ChipGraph, Matmul, Receive, Ref, RmsNorm, Scatter, Send, TensorDef, Vxm
+from openlpu.compiler.chipgraph import (
+    ChipGraph,
+    Matmul,
+    Receive,
+    Ref,
+    RmsNorm,
+    Scatter,
+    Send,
+    TensorDef,
+    TokenScale,
+    Vxm,
+)
 from openlpu.errors import InternalError
 from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType
+from openlpu.kernels.quantize import fast_token_scale
 from openlpu.kernels.rmsnorm import fast_rmsnorm
 from openlpu.sim import numerics as nx
 
 LANES = 320
 UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RECIP, Opcode.RSQRT, Opcode.TANH,
          Opcode.SIGMOID, Opcode.SILU}
-Tiles = dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]  # per weight K tile: fp64 values, fp32 |values|
+Tiles = dict[tuple[str, int], tuple[np.ndarray, np.ndarray] | np.ndarray]  # per weight K tile: fp16 (fp64 values,
+# fp32 |values|), int8 fp32 values
 
 
 def take(t: TensorDef, ref: Ref, arr: np.ndarray) -> np.ndarray:
@@ -31,11 +44,17 @@ def take(t: TensorDef, ref: Ref, arr: np.ndarray) -> np.ndarray:
     rows = t.rows if ref.rows is None else ref.rows
     nb = t.blocks - ref.block0 if ref.blocks is None else ref.blocks
     idx = ref.row0 + np.arange(rows) * ref.step
+    if ref.block_step != 1:
+        blocks = ref.block0 + np.arange(nb) * ref.block_step
+        sub = arr[idx].reshape(rows, t.blocks, LANES)[:, blocks]
+        return sub.transpose(1, 0, 2).reshape(nb * rows, LANES)
     sub = arr[idx][:, ref.block0 * LANES:(ref.block0 + nb) * LANES]
     return sub.reshape(rows, nb, LANES).transpose(1, 0, 2).reshape(nb * rows, LANES)
 
 
 def put(t: TensorDef, ref: Ref, arr: np.ndarray, vectors: np.ndarray) -> None:
+    if ref.block_step != 1:
+        raise InternalError(f"{ref}: a train is written block by block (block step 1)")
     rows = t.rows if ref.rows is None else ref.rows
     nb = t.blocks - ref.block0 if ref.blocks is None else ref.blocks
     idx = ref.row0 + np.arange(rows) * ref.step
@@ -69,6 +88,17 @@ def matmul(a: np.ndarray, w: np.ndarray, slots: int, tile: Callable[[int], tuple
     return out
 
 
+def matmul_int8(a: np.ndarray, w: np.ndarray, tile: Callable[[int], np.ndarray]) -> np.ndarray:
+    """The int8 MXM's arithmetic: each 320-deep pass's sum of products, exact, folded into the int32 accumulator
+    in K order (wrapping). A pass is one fp32 matrix product: every product and partial sum is an integer of at
+    most 320 * 127^2 < 2^24, so fp32 holds each exactly, in any order (`tile(kt)`: K tile kt as fp32)."""
+    acc = None
+    for kt in range(a.shape[1] // LANES):
+        product = (a[:, kt * LANES:(kt + 1) * LANES].astype(np.float32) @ tile(kt)).astype(np.int32)
+        acc = product if acc is None else nx.accumulate(acc, product, DType.INT8)
+    return acc
+
+
 def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tiles,
         received: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Run `graph` on `env` (every tensor by name, updated in place). Returns what the chip sends."""
@@ -78,9 +108,21 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
             args = [take(tensors[r.name], r, env[r.name]) for r in op.ins]
             out = vxm(op, args[0], args[1] if len(args) > 1 else None)
             t = tensors[op.out.name]
-            if op.out.name not in env:
+            held = env.get(op.out.name)  # another program on the chip may use the name for another shape
+            if held is None or held.shape != (t.rows, t.cols) or held.dtype != t.dtype.numpy:
                 env[op.out.name] = np.zeros((t.rows, t.cols), t.dtype.numpy)
             put(t, op.out, env[op.out.name], out.astype(t.dtype.numpy, copy=False))
+        elif isinstance(op, Matmul) and tensors[op.w].dtype is DType.INT8:
+            w = env[op.w]
+
+            def tile8(kt: int, name: str = op.w, w: np.ndarray = w) -> np.ndarray:
+                """K tile kt of int8 weight `name` as fp32, kept for the next step."""
+                key = (name, kt)
+                if key not in tiles:
+                    tiles[key] = w[kt * LANES:(kt + 1) * LANES].astype(np.float32)
+                return tiles[key]
+
+            env[op.c] = matmul_int8(env[op.a], w, tile8)
         elif isinstance(op, Matmul):
             w = env[op.w]
 
@@ -95,6 +137,8 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
             env[op.c] = matmul(env[op.a], w, slots, tile)
         elif isinstance(op, RmsNorm):
             env[op.y] = fast_rmsnorm(env[op.x], env[op.w], op.n, op.eps, LANES)
+        elif isinstance(op, TokenScale):
+            env[op.y] = fast_token_scale(env[op.x], LANES)
         elif isinstance(op, Scatter):
             position = int(env[op.index][0, 0])
             src = take(tensors[op.src.name], op.src, env[op.src.name])

@@ -18,7 +18,9 @@ that mixes lanes is the per-head sum, which the MXM does. Positions past t are m
 The 1/sqrt(head_dim) scale is folded into q's cos and sin rows (a power of two: exact).
 
 Precision (fp16, the default): weights fp16, every matmul input rounded to fp16, fp32 accumulation; everything on
-the VXM in fp32; the KV cache in fp32.
+the VXM in fp32; the KV cache in fp32. int8: weights int8 per output column (channel) with fp32 scales; each
+projection's input quantised per token on the chip (`_Graph.quantize`), the int32 sums rescaled in fp32
+(`_Graph.dequantize`); attention as in fp16.
 
 The host writes, before each step: the token's embedding row (fp32, first chip), the cos and sin rows of its
 position and the position itself (every chip). It reads the logits after the step.
@@ -27,7 +29,7 @@ position and the position itself (every chip). It reads the logits after the ste
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,8 +44,10 @@ from openlpu.compiler.chipgraph import (
     Scatter,
     Send,
     TensorDef,
+    TokenScale,
     Vxm,
 )
+from openlpu.compiler.precision import quantize_int8_rows
 from openlpu.errors import ConfigError, DoesNotFitError
 from openlpu.frontends.gguf import GGUFModel
 from openlpu.frontends.llama import LlamaConfig
@@ -54,7 +58,7 @@ from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType
 
 LANES = 320
-F16, F32, I16 = DType.FP16, DType.FP32, DType.INT16
+F16, F32, I8, I16, I32 = DType.FP16, DType.FP32, DType.INT8, DType.INT16, DType.INT32
 W, E = Hemisphere.W, Hemisphere.E
 MASK_LANE = 600  # a padding lane of the second block of q and K (576 used lanes)
 MASK_SCORE = -30000.0  # exactly representable in fp16; exp(MASK_SCORE - max) is 0 in fp32
@@ -133,9 +137,9 @@ def _repeat_kv(w: np.ndarray, cfg: LlamaConfig) -> np.ndarray:
     return np.repeat(h, cfg.group_size, axis=1).reshape(w.shape[0], -1)
 
 
-def _columns(blocks: list[np.ndarray], rows: int, widths: list[int]) -> np.ndarray:
-    """Stack column groups, each padded to its width, under `rows` rows (zero padding): fp16."""
-    out = np.zeros((rows, sum(widths)), np.float16)
+def _columns(blocks: list[np.ndarray], rows: int, widths: list[int], dtype: type = np.float16) -> np.ndarray:
+    """Stack column groups, each padded to its width, under `rows` rows (zero padding): fp16, or `dtype`."""
+    out = np.zeros((rows, sum(widths)), dtype)
     c = 0
     for b, width in zip(blocks, widths):
         out[: b.shape[0], c: c + b.shape[1]] = b
@@ -155,21 +159,35 @@ def head_columns(vocab: int) -> tuple[int, int]:
     return (blocks + 1) // 2 * LANES, blocks * LANES
 
 
-def layer_weights(model: GGUFModel, i: int, dims: Dims) -> dict[str, np.ndarray]:
-    """Block i's weights as the chip stores them (fp16, [K padded, N laid out]), and its norm rows (fp32)."""
+def layer_weights(model: GGUFModel, i: int, dims: Dims, dtype: str = "fp16") -> dict[str, np.ndarray]:
+    """Block i's weights as the chip stores them ([K padded, N laid out], fp16; or int8 with one fp32 scale per
+    column in `<name>_scale` [1, N]), and its norm rows (fp32)."""
     cfg, w = model.config, model.weights
     p = f"blk.{i}."
     wq, wk, wv = (w[p + f"attn_{n}.weight"].T for n in "qkv")
     wk, wv = _repeat_kv(wk, cfg), _repeat_kv(wv, cfg)
     dh, qp = cfg.head_dim, dims.qp
-    return {
-        "qkv": _columns([wq, wk, _rotate_cols(wq, dh), _rotate_cols(wk, dh), wv], dims.dp, [qp] * 5),
-        "o": _columns([w[p + "attn_output.weight"].T], qp, [dims.dp]),
-        "gu": _columns([w[p + "ffn_gate.weight"].T, w[p + "ffn_up.weight"].T], dims.dp, [dims.fp] * 2),
-        "down": _columns([w[p + "ffn_down.weight"].T], dims.fp, [dims.dp]),
-        "attn_norm": _row(w[p + "attn_norm.weight"], dims.dp),
-        "ffn_norm": _row(w[p + "ffn_norm.weight"], dims.dp),
+    store = np.float32 if dtype == "int8" else np.float16
+    mats = {
+        "qkv": _columns([wq, wk, _rotate_cols(wq, dh), _rotate_cols(wk, dh), wv], dims.dp, [qp] * 5, store),
+        "o": _columns([w[p + "attn_output.weight"].T], qp, [dims.dp], store),
+        "gu": _columns([w[p + "ffn_gate.weight"].T, w[p + "ffn_up.weight"].T], dims.dp, [dims.fp] * 2, store),
+        "down": _columns([w[p + "ffn_down.weight"].T], dims.fp, [dims.dp], store),
     }
+    return {**(_int8(mats) if dtype == "int8" else mats), "attn_norm": _row(w[p + "attn_norm.weight"], dims.dp),
+            "ffn_norm": _row(w[p + "ffn_norm.weight"], dims.dp)}
+
+
+def _int8(mats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each fp32 [K, N] layout as int8 per output column (channel), with its scales as a row `<name>_scale`:
+    the column's max|w| / 127, as `quantize_int8_rows` does for [out, in] rows. Folding the rotation (a negated
+    column) and repeating KV columns commute with it, so the layout's columns are the model's channels,
+    quantised; all-zero padding columns get scale 1."""
+    out = {}
+    for name, m in mats.items():
+        q, scale = quantize_int8_rows(m.T)
+        out[name], out[name + "_scale"] = np.ascontiguousarray(q.T), scale[None, :]
+    return out
 
 
 def _row(v: np.ndarray, cols: int) -> np.ndarray:
@@ -178,14 +196,15 @@ def _row(v: np.ndarray, cols: int) -> np.ndarray:
     return out
 
 
-def head_weights(model: GGUFModel, dims: Dims) -> dict[str, np.ndarray]:
+def head_weights(model: GGUFModel, dims: Dims, dtype: str = "fp16") -> dict[str, np.ndarray]:
     """The final norm row and the LM head [D padded, vocab padded] (the tied embedding when there is no
-    output.weight), cut into a west and an east half of whole column blocks."""
+    output.weight), cut into a west and an east half of whole column blocks (int8: with their scale rows)."""
     w = model.weights
     table = w.get("output.weight", w["token_embd.weight"])
     west, total = head_columns(table.shape[0])
-    full = _columns([table.T], dims.dp, [total])
-    return {"head_w": full[:, :west], "head_e": full[:, west:], "output_norm": _row(w["output_norm.weight"], dims.dp)}
+    full = _columns([table.T], dims.dp, [total], np.float32 if dtype == "int8" else np.float16)
+    halves = {"head_w": full[:, :west], "head_e": full[:, west:]}
+    return {**(_int8(halves) if dtype == "int8" else halves), "output_norm": _row(w["output_norm.weight"], dims.dp)}
 
 
 def score_matrix(dims: Dims) -> np.ndarray:
@@ -292,9 +311,46 @@ class _Graph:
         h = self.side(w)
         a = self.ensure(a, h)
         rows, _ = self.shape(a)
-        c = self.temp(stem, F32, rows, self.tensors[w.name].blocks, h, interleave)
+        out = I32 if self.tensors[w.name].dtype is I8 else F32
+        c = self.temp(stem, out, rows, self.tensors[w.name].blocks, h, interleave)
         self.ops.append(Matmul(a.name, w.name, c.name))
         return c
+
+    def quantize(self, x: Ref, stem: str) -> tuple[Ref, Ref]:
+        """fp32 rows x as int8 rows q and their scales s (every lane of row r: max|x[r]| / 127), so that
+        x[r] ~= q[r] * s[r]: per-token dynamic symmetric quantisation, all on the VXM (and the SXM's lane
+        reduction)."""
+        x = self.ensure(self.whole(x), W)
+        rows, blocks = self.shape(x)
+        s = self.tensor(stem + "_xscale", F32, rows, LANES, E, Role.ACT)
+        op = TokenScale(x.name, s.name)
+        for name in op.scratch:
+            self.tensor(name, F32, rows, LANES, E, Role.ACT)
+        self.ops.append(op)
+        inverse = self.vxm(Opcode.RECIP, F32, [s], stem + "_inv")
+        scaled = self.vxm(Opcode.MUL, F32, [x, Ref(inverse.name, blocks=blocks, block_step=0)], stem + "_xs")
+        return self.vxm(Opcode.CAST, F32, [scaled], stem + "_q", to=I8), s
+
+    def dequantize(self, c: Ref, s: Ref, ws: Ref, stem: str, out: str | None = None) -> Ref:
+        """fp32(c) * s * ws: int32 sums of int8 products times the rows' activation scales `s` and the columns'
+        weight scales `ws` (a west row), whichever first lies on the sums' side; into OUTPUT tensor `out` if
+        named."""
+        rows, blocks = self.shape(c)
+        f = self.vxm(Opcode.CAST, I32, [c], stem + "_f", to=F32)
+        by_row, by_col = Ref(s.name, blocks=blocks, block_step=0), Ref(ws.name, rows=rows, step=0)
+        first, second = (by_row, by_col) if self.side(f) is self.side(s) else (by_col, by_row)
+        y = self.vxm(Opcode.MUL, F32, [f, first], stem + "_cs")
+        dest = None if out is None else self.tensor(out, F32, rows, blocks * LANES, other(self.side(y)),
+                                                      Role.OUTPUT)
+        return self.vxm(Opcode.MUL, F32, [y, second], stem, out=dest)
+
+    def project(self, x: Ref, w: Ref, stem: str) -> Ref:
+        """fp32 rows x times weight w as its type computes it: fp16 (x rounded to fp16, fp32 sums) or int8 (x
+        quantised per token, exact int32 sums, rescaled in fp32)."""
+        if self.tensors[w.name].dtype is F16:
+            return self.matmul(self.vxm(Opcode.CAST, F32, [x], stem + "16", to=F16), w, stem)
+        q, s = self.quantize(x, stem)
+        return self.dequantize(self.matmul(q, w, stem + "_sum"), s, Ref(w.name + "_scale"), stem)
 
     def whole(self, r: Ref) -> Ref:
         """A tensor holding exactly r's vectors (r itself when it is a whole tensor)."""
@@ -315,14 +371,23 @@ class _Graph:
         return x
 
 
-def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref, prompt: int | None) -> Ref:
+def _weight(g: _Graph, name: str, ws: dict[str, np.ndarray], key: str, side: Hemisphere) -> Ref:
+    """An MXM weight in its layout (interleave: one byte plane per weight stream), and an int8 one's scale row
+    (west, where `_Graph.dequantize` reads it)."""
+    v = ws[key]
+    dtype = I8 if v.dtype == np.int8 else F16
+    if dtype is I8:
+        g.tensor(name + "_scale", F32, 1, v.shape[1], W, Role.CONST, ws[key + "_scale"])
+    return g.tensor(name, dtype, v.shape[0], v.shape[1], side, Role.WEIGHT, v, interleave=32 // dtype.width_bytes)
+
+
+def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref, prompt: int | None, dtype: str) -> Ref:
     """Block i on x: one row (decode, the token at the host-given position) or `prompt` rows (prefill of
     positions 0..prompt-1: matmuls and elementwise work on all rows at once, attention query by query)."""
     t_rows, qb, rows = dims.context, dims.qp // LANES, prompt or 1
-    ws = layer_weights(model, i, dims)
+    ws = layer_weights(model, i, dims, dtype)
     p = f"l{i}_"
-    wt = {k: g.tensor(p + k, F16, v.shape[0], v.shape[1], WEIGHT_SIDE[k], Role.WEIGHT, v, interleave=16)
-          for k, v in ws.items() if k in WEIGHT_SIDE}
+    wt = {k: _weight(g, p + k, ws, k, WEIGHT_SIDE[k]) for k in WEIGHT_SIDE}
     norms = {k: g.tensor(p + k, F32, 1, dims.dp, W, Role.CONST, ws[k]) for k in ("attn_norm", "ffn_norm")}
     k_init = np.zeros((t_rows, dims.qp), np.float32)
     k_init[:, MASK_LANE] = 1.0
@@ -331,21 +396,21 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref, prompt: int 
 
     x = g.ensure(x, W)
     h = _rmsnorm(g, x, norms["attn_norm"], dims, p + "h")
-    qkv = g.matmul(g.vxm(Opcode.CAST, F32, [h], p + "h16", to=F16), wt["qkv"], p + "qkv")
+    qkv = g.project(h, wt["qkv"], p + "qkv")
     t1 = g.vxm(Opcode.MUL, F32, [Ref(qkv.name, 0, 2 * qb), Ref("cos")], p + "rope_c")
     t2 = g.vxm(Opcode.MUL, F32, [Ref(qkv.name, 2 * qb, 2 * qb), Ref("sin")], p + "rope_s")
     r = g.vxm(Opcode.ADD, F32, [t1, t2], p + "rope")
     q = g.vxm(Opcode.ADD, F32, [Ref(r.name, 0, qb), Ref("qmask", rows=rows, step=0)], p + "q")
     if prompt is None:
-        g.ops.append(Scatter(Ref(r.name, qb, qb), kc.name, "pos_w"))
+        g.ops.append(Scatter(g.ensure(Ref(r.name, qb, qb), W), kc.name, "pos_w"))
         g.ops.append(Scatter(g.ensure(Ref(qkv.name, 4 * qb, qb), E), vc.name, "pos_e"))
         o = _attend(g, dims, p, Ref(kc.name), Ref(vc.name), Ref(q.name, rows=t_rows, step=0))
     else:
-        v = g.ensure(Ref(qkv.name, 4 * qb, qb), E)
+        k, v = g.ensure(Ref(r.name, qb, qb), W), g.ensure(Ref(qkv.name, 4 * qb, qb), E)
         o = None
         for j in range(prompt):  # the cache fills row by row, so each query sees exactly the rows before it
-            g.vxm(Opcode.COPY, F32, [Ref(r.name, qb, qb, row0=j, rows=1)], "", out=Ref(kc.name, row0=j, rows=1))
-            g.vxm(Opcode.COPY, F32, [Ref(v.name, row0=j, rows=1)], "", out=Ref(vc.name, row0=j, rows=1))
+            g.vxm(Opcode.COPY, F32, [replace(k, row0=j, rows=1)], "", out=Ref(kc.name, row0=j, rows=1))
+            g.vxm(Opcode.COPY, F32, [replace(v, row0=j, rows=1)], "", out=Ref(vc.name, row0=j, rows=1))
             n = max(2, 1 << j.bit_length())  # a power of two > j: the trees halve it
             oj = _attend(g, dims, f"{p}q{j}_", Ref(kc.name, rows=n), Ref(vc.name, rows=n),
                          Ref(q.name, row0=j, rows=n, step=0))
@@ -353,16 +418,16 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref, prompt: int 
                 o = g.tensor(p + "o_rows", F32, prompt, dims.qp, other(g.side(oj)), Role.ACT)
             oj = g.ensure(oj, other(g.side(o)))  # the trees' depth (so the side they end on) varies with n
             g.vxm(Opcode.COPY, F32, [oj], "", out=Ref(o.name, row0=j, rows=1))
-    att = g.matmul(g.vxm(Opcode.CAST, F32, [o], p + "o16", to=F16), wt["o"], p + "att")
+    att = g.project(o, wt["o"], p + "att")
     x = g.vxm(Opcode.ADD, F32, [att, x], p + "x_att")
     # feed-forward
     x = g.ensure(x, W)
     h = _rmsnorm(g, x, norms["ffn_norm"], dims, p + "h2")
-    gu = g.matmul(g.vxm(Opcode.CAST, F32, [h], p + "h2_16", to=F16), wt["gu"], p + "gu")
+    gu = g.project(h, wt["gu"], p + "gu")
     fb = dims.fp // LANES
     act = g.vxm(Opcode.SILU, F32, [Ref(gu.name, 0, fb)], p + "silu")
     prod = g.vxm(Opcode.MUL, F32, [act, Ref(gu.name, fb, fb)], p + "glu")
-    down = g.matmul(g.vxm(Opcode.CAST, F32, [prod], p + "glu16", to=F16), wt["down"], p + "down")
+    down = g.project(prod, wt["down"], p + "down")
     return g.vxm(Opcode.ADD, F32, [down, x], p + "x")
 
 
@@ -394,7 +459,7 @@ def _broadcast(g: _Graph, row: Ref, like: Ref, rows: int) -> Ref:
 
 
 def _rmsnorm(g: _Graph, x: Ref, w: Ref, dims: Dims, stem: str) -> Ref:
-    x = g.whole(g.ensure(x, W))
+    x = g.ensure(g.whole(x), W)
     rows, _ = g.shape(x)
     y = g.tensor(stem, F32, rows, dims.dp, E, Role.ACT)
     op = RmsNorm(x.name, w.name, y.name, dims.d, float(np.float32(dims.cfg.rms_eps)))
@@ -404,19 +469,25 @@ def _rmsnorm(g: _Graph, x: Ref, w: Ref, dims: Dims, stem: str) -> Ref:
     return y
 
 
-def _head(g: _Graph, dims: Dims, model: GGUFModel, x: Ref) -> None:
-    ws = head_weights(model, dims)
+def _head(g: _Graph, dims: Dims, model: GGUFModel, x: Ref, dtype: str) -> None:
+    ws = head_weights(model, dims, dtype)
     norm = g.tensor("output_norm", F32, 1, dims.dp, W, Role.CONST, ws["output_norm"])
     h = _rmsnorm(g, x, norm, dims, "final")
+    if dtype == "int8":
+        q, s = g.quantize(h, "final")
+        for side, key in ((W, "head_w"), (E, "head_e")):
+            c = g.matmul(q, _weight(g, key, ws, key, side), f"final_{side.value}_sum")
+            g.dequantize(c, s, Ref(key + "_scale"), f"final_{side.value}", out=f"logits_{side.value}")
+        return
     h16 = g.vxm(Opcode.CAST, F32, [h], "final16", to=F16)
     for side, key in ((W, "head_w"), (E, "head_e")):
-        w = g.tensor(key, F16, ws[key].shape[0], ws[key].shape[1], side, Role.WEIGHT, ws[key], interleave=16)
+        w = _weight(g, key, ws, key, side)
         c = g.tensor(f"logits_{side.value}", F32, 1, ws[key].shape[1], side, Role.OUTPUT)
         g.ops.append(Matmul(g.ensure(h16, side).name, w.name, c.name))
 
 
 def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first: bool, last: bool,
-               prompt: int | None = None) -> ChipGraph:
+               prompt: int | None = None, dtype: str = "fp16") -> ChipGraph:
     """The chip graph for `layers` (and the head when `last`): a decode step, or with `prompt` the prefill of
     that many tokens (positions 0..prompt-1; the logits of the last one). The first chip takes the embedding rows
     from the host; the others receive the hidden state from the previous chip, and all but the last send it on."""
@@ -434,24 +505,27 @@ def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first
     if not first:
         g.ops.append(Receive(x.name))
     for i in layers:
-        x = _layer(g, dims, model, i, x, prompt)
+        x = _layer(g, dims, model, i, x, prompt, dtype)
     if last:
-        _head(g, dims, model, x if prompt is None else Ref(x.name, row0=rows - 1, rows=1))
+        _head(g, dims, model, x if prompt is None else Ref(x.name, row0=rows - 1, rows=1), dtype)
     else:
-        x = g.whole(g.ensure(x, W))
+        x = g.ensure(g.whole(x), W)
         g.ops.append(Send(x.name))
     return ChipGraph(index, layers, dict(g.tensors), tuple(g.ops), dict(g.data))
 
 
-def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = None) -> list[range]:
+def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = None, dtype: str = "fp16"
+                 ) -> list[range]:
     """Consecutive layer ranges, one per chip, each chip's MXM weights fitting the weight band of each
     hemisphere (the head on the last chip): the fewest chips that hold the model, or exactly `chips`, the
     layers shared out as evenly as the capacities allow."""
     band = chip.mem.addresses_per_slice
-    layer = {h: sum(_weight_vectors(shape, chip) for k, shape in layer_shapes(dims).items()
+    width = 1 if dtype == "int8" else 2
+    layer = {h: sum(_weight_vectors(shape, chip, width) for k, shape in layer_shapes(dims).items()
                     if WEIGHT_SIDE[k] is h) for h in (W, E)}
     west, total = head_columns(model.config.vocab_size)
-    head_need = {W: _weight_vectors((dims.dp, west), chip), E: _weight_vectors((dims.dp, total - west), chip)}
+    head_need = {W: _weight_vectors((dims.dp, west), chip, width),
+                 E: _weight_vectors((dims.dp, total - west), chip, width)}
     ones = {W: _weight_vectors((2 * dims.qp, dims.qp), chip), E: 0}
 
     def most(with_head: bool) -> int:
@@ -467,7 +541,7 @@ def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = N
     fewest = 1 + math.ceil(max(0, n - on_last) / per_chip)
     if chips is not None and chips < fewest:
         raise DoesNotFitError(f"the model's weights in the MXM layout need {fewest} {chip.name} chips; {chips} "
-                              f"were asked for. Ask for {fewest} or more")
+                              f"{'was' if chips == 1 else 'were'} asked for. Ask for {fewest} or more")
     count = chips or fewest
     caps = [per_chip] * (count - 1) + [on_last]
     sizes = [0] * count
@@ -478,7 +552,8 @@ def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = N
     return [range(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
 
 
-def _weight_vectors(shape: tuple[int, int], chip: Chip) -> int:
-    """Addresses per slice an fp16 weight [K, N] takes in the MXM layout (16 rows per address, 32 slices)."""
-    rows_per_address = chip.streams.streams_per_direction // 2
+def _weight_vectors(shape: tuple[int, int], chip: Chip, width: int = 2) -> int:
+    """Addresses per slice a weight [K, N] of `width`-byte values takes in the MXM layout (32 slices: 16 fp16
+    rows or 32 int8 rows per address)."""
+    rows_per_address = chip.streams.streams_per_direction // width
     return math.ceil(shape[0] / rows_per_address) * math.ceil(shape[1] / LANES)

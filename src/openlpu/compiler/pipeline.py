@@ -36,7 +36,7 @@ from openlpu.isa.asm import print_program
 from openlpu.isa.program import Program, Tensor
 from openlpu.sim.engine import verify
 
-DTYPES = ("fp16",)
+DTYPES = ("fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,7 @@ def compile_model(model: str | Path | GGUFModel | None, chip: Chip, *, dtype: st
     compiler source) and then read from the disk cache; `programs=False` leaves the instruction listings on disk
     (the fast path does not read them: `Scheduled.program` is then None)."""
     if dtype not in DTYPES:
-        raise ConfigError(f"--dtype {dtype}: the chip compiler emits fp16 programs only so far (int8 weights are "
-                          "sized by `openlpu plan` but not compiled yet); use --dtype fp16")
+        raise ConfigError(f"--dtype {dtype}: the chip compiler emits {' or '.join(DTYPES)} programs; choose one")
     if prompt is not None and not 1 <= prompt < context:
         raise ConfigError(f"a prompt of {prompt} tokens does not fit a context of {context} positions with room "
                           "for a reply; compile a longer --context")
@@ -155,8 +154,8 @@ def _with_programs(c, listing: tuple[Program, ...]):
 def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int | None) -> CompiledModel:
     dims = Dims(model.config, context)
     check_model(model.config, context)
-    ranges = split_layers(model, dims, chip, chips)
-    graphs = tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1)
+    ranges = split_layers(model, dims, chip, chips, dtype)
+    graphs = tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1, dtype=dtype)
                    for i, r in enumerate(ranges))
     placements, scheduled = _emit(graphs, chip, (None,) * len(graphs), "step")
     sram = chip.mem.slices_per_hemisphere * 2 * chip.mem.addresses_per_slice * chip.lanes.lanes
@@ -173,7 +172,7 @@ def _prefill(model: GGUFModel, decode: CompiledModel, prompt: int) -> Programs:
     where the decode step has them (so the graphs carry no data of their own)."""
     n = len(decode.graphs)
     graphs = tuple(dataclasses.replace(lower_chip(model, decode.dims, i, g.layers, first=i == 0, last=i == n - 1,
-                                                  prompt=prompt), data={})
+                                                  prompt=prompt, dtype=decode.dtype), data={})
                    for i, g in enumerate(decode.graphs))
     shared = tuple(kept(g, p) for g, p in zip(decode.graphs, decode.placements))
     return Programs(prompt, graphs, *_emit(graphs, decode.chip, shared, "prefill"))

@@ -1,7 +1,8 @@
 """SRAM placement: a slice range and an address range for every tensor of a chip graph.
 
 Rules (what the emitters and the hardware need):
-- MXM weights (interleave 16, fp16) take the 32 slices nearest their hemisphere's MXM, stacked from address 0.
+- MXM weights (interleave 16 for fp16, 32 for int8: one byte plane per weight stream) take the 32 slices
+  nearest their hemisphere's MXM, stacked from address 0.
 - Every other tensor takes one group of 4 slices (fp32 interleaved by 2: two groups): the first group, counted
   from the VXM, with room at some address, at the lowest such address (first fit keeps the other groups free
   for the tensors an operation must read alongside).
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from openlpu.compiler.chipgraph import ChipGraph, Matmul, RmsNorm, Role, Scatter, TensorDef, Vxm
+from openlpu.compiler.chipgraph import ChipGraph, Matmul, RmsNorm, Role, Scatter, TensorDef, TokenScale, Vxm
 from openlpu.errors import DoesNotFitError, InternalError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Hemisphere
@@ -58,6 +59,8 @@ def together(graph: ChipGraph) -> dict[str, set[str]]:
             groups = [{op.src.name, op.index}]
         elif isinstance(op, RmsNorm):
             groups = [{op.x, op.w}, {op.y, *op.scratch}]
+        elif isinstance(op, TokenScale):
+            groups = [{op.y, *op.scratch}]
         else:
             groups = []
         for g in groups:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from openlpu.compiler.chipgraph import ChipGraph, Matmul, Receive, RmsNorm, Role, Scatter, Send, Vxm
+from openlpu.compiler.chipgraph import ChipGraph, Matmul, Receive, RmsNorm, Role, Scatter, Send, TokenScale, Vxm
 from openlpu.errors import InternalError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Hemisphere
@@ -24,6 +24,7 @@ from openlpu.isa.program import Program, Tensor
 from openlpu.isa.types import Direction, DType, QueueId, StreamRef, Unit
 from openlpu.kernels.builder import ProgramBuilder, mem_queue
 from openlpu.kernels.matmul import emit_matmul
+from openlpu.kernels.quantize import emit_token_scale
 from openlpu.kernels.rmsnorm import emit_rmsnorm
 from openlpu.kernels.vectors import View, emit_scatter, emit_vxm, read_view
 
@@ -55,7 +56,7 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
         tensor = placed[ref.name]
         nb = tensor.column_blocks(lanes) - ref.block0 if ref.blocks is None else ref.blocks
         rows = tensor.rows if ref.rows is None else ref.rows
-        return View(tensor, ref.block0, nb, ref.row0, rows, ref.step)
+        return View(tensor, ref.block0, nb, ref.row0, rows, ref.step, ref.block_step)
 
     for op in graph.ops:
         start = t
@@ -66,6 +67,9 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
         elif isinstance(op, RmsNorm):
             inv, p0, p1 = (placed[s] for s in op.scratch)
             t = emit_rmsnorm(b, placed[op.x], placed[op.w], placed[op.y], inv, (p0, p1), op.n, op.eps, t)
+        elif isinstance(op, TokenScale):
+            p0, p1 = (placed[s] for s in op.scratch)
+            t = emit_token_scale(b, placed[op.x], placed[op.y], (p0, p1), t)
         elif isinstance(op, Scatter):
             t = emit_scatter(b, view(op.src), placed[op.dst], View.of(placed[op.index], lanes), t)
         elif isinstance(op, Send):

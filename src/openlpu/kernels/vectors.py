@@ -6,9 +6,10 @@ for a scatter, into the other hemisphere's SRAM at an address the data picks):
 
     inputs (hemisphere H)  --reads, one vector a cycle-->  ALU  --result-->  output (the other hemisphere)
 
-A `View` names which vectors of a tensor a train carries and in what order: a range of column blocks, and in
-each block rows `row0, row0 + step, ...` (step 0 re-reads one row: a broadcast). Reads and writes are grouped
-into Repeat bursts wherever the address and issue cycle advance evenly, whatever the tensor's interleave.
+A `View` names which vectors of a tensor a train carries and in what order: a range of column blocks (block step 0
+re-reads one block), and in each block rows `row0, row0 + step, ...` (step 0 re-reads one row: a broadcast). Reads
+and writes are grouped into Repeat bursts wherever the address and issue cycle advance evenly, whatever the tensor's
+interleave.
 
 Every emitter takes `start` (no instruction issues before it) and returns the first cycle after all its results
 have landed: the compiler runs operations one after another, so nothing of two operations ever meets.
@@ -38,8 +39,9 @@ W, E = Hemisphere.W, Hemisphere.E
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """Vectors of `tensor`: blocks `block0 .. block0 + blocks - 1`, in each block `rows` rows from `row0` by
-    `step` (0: the same row every time). Vector k is block `block0 + k // rows`, row `row0 + (k % rows) * step`."""
+    """Vectors of `tensor`: `blocks` column blocks from `block0` by `block_step` (0: the same block every time),
+    in each block `rows` rows from `row0` by `step` (0: the same row every time). Vector k is block
+    `block0 + (k // rows) * block_step`, row `row0 + (k % rows) * step`."""
 
     tensor: Tensor
     block0: int
@@ -47,6 +49,7 @@ class View:
     row0: int
     rows: int
     step: int = 1
+    block_step: int = 1
 
     @classmethod
     def of(cls, t: Tensor, lanes: int, block0: int = 0, blocks: int | None = None) -> View:
@@ -58,7 +61,7 @@ class View:
         """This one-row view repeated `rows` times per block."""
         if self.rows != 1 or self.step != 1:
             raise ProgramError(f"only a one-row view of {self.tensor.name} can be broadcast")
-        return View(self.tensor, self.block0, self.blocks, self.row0, rows, 0)
+        return View(self.tensor, self.block0, self.blocks, self.row0, rows, 0, self.block_step)
 
     @property
     def count(self) -> int:
@@ -75,7 +78,7 @@ class View:
     def at(self, k: int) -> tuple[int, int]:
         """(way, address) of vector k: the slice group it lives in and its address there."""
         p = self.tensor.placement
-        block = self.block0 + k // self.rows
+        block = self.block0 + (k // self.rows) * self.block_step
         row = self.row0 + (k % self.rows) * self.step
         return row % p.interleave, p.address + block * self.tensor.rows_per_group() + row // p.interleave
 
@@ -114,7 +117,7 @@ def _ways(view: View) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Per slice group (way) the view touches: (way, indices k of its vectors, their addresses)."""
     p, t = view.tensor.placement, view.tensor
     k = np.arange(view.count)
-    block = view.block0 + k // view.rows
+    block = view.block0 + (k // view.rows) * view.block_step
     row = view.row0 + (k % view.rows) * view.step
     way = row % p.interleave
     addr = p.address + block * t.rows_per_group() + row // p.interleave

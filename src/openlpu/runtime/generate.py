@@ -30,8 +30,9 @@ MIN_CONTEXT = 64
 """The default context is the prompt plus the new tokens, rounded up to a multiple of this many positions."""
 
 NUMERICS = {
-    "fp16": "fp16 weights and activations, fp32 accumulation",
-    "int8": "int8 weights with per-channel fp32 scales, fp32 accumulation",
+    "fp16": "fp16 weights and matmul inputs, fp32 accumulation; fp32 on the VXM",
+    "int8": "int8 weights (per-channel fp32 scales) and int8 matmul inputs (per-token dynamic scales), exact int32 "
+            "accumulation; attention and the VXM in fp32",
 }
 """What each `--dtype` computes in, for the report."""
 
