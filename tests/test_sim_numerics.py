@@ -61,3 +61,23 @@ def test_cancellation_and_exact_zeros_follow_the_exact_pass():
     w[:2, 1] = [1, 1]
     got = fast(acts, w)
     assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16)) and same_bits(got, exact(acts, w))
+
+
+def test_a_mostly_zero_tile_summed_block_by_block_agrees_bit_for_bit():
+    """The attention's head-sum matrix: the fast path sums only its nonzero 64 x 64 blocks."""
+    from openlpu.compiler.fast import nonzero_blocks
+
+    rng = np.random.default_rng(7)
+    acts = (rng.normal(size=(5, 320)) * 2.0 ** rng.integers(-20, 12, (5, 320))).astype(np.float16)
+    acts[0, :3] = [4096, 1, 2.0**-24]  # a tie and a near-tie, as above, in the first block
+    w = np.zeros((320, 640), np.float16)
+    for h in range(5):
+        w[64 * h:64 * (h + 1), 64 * h:64 * (h + 1)] = 1
+    w[0, 0], w[1, 0], w[2, 1] = 4096, 1, 1
+    w[300, :576] = 1  # a row of ones across many blocks (the mask lane)
+    w64 = w.astype(np.float64)
+    blocks = nonzero_blocks(w64)
+    assert blocks is not None and len(blocks) < 11
+    assert nonzero_blocks(np.ones((320, 640))) is None
+    got = nx.mxm_pass_fp16(acts, w64, np.abs(w64).astype(np.float32), blocks)
+    assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16))

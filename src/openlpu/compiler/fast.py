@@ -35,8 +35,8 @@ from openlpu.sim import numerics as nx
 LANES = 320
 UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RECIP, Opcode.RSQRT, Opcode.TANH,
          Opcode.SIGMOID, Opcode.SILU}
-Tiles = dict[tuple[str, int], tuple[np.ndarray, np.ndarray] | np.ndarray]  # per weight K tile: fp16 (fp64 values,
-# fp32 |values|), int8 fp32 values
+Tiles = dict[tuple[str, int], tuple | np.ndarray]  # per weight K tile: fp16 (fp64 values, fp32 |values|, nonzero
+# blocks or None), int8 fp32 values
 
 
 def take(t: TensorDef, ref: Ref, arr: np.ndarray) -> np.ndarray:
@@ -72,8 +72,7 @@ def vxm(op: Vxm, a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return nx.vxm_binary(op.op, a, second, op.dtype)
 
 
-def matmul(a: np.ndarray, w: np.ndarray, slots: int, tile: Callable[[int], tuple[np.ndarray, np.ndarray]]
-           ) -> np.ndarray:
+def matmul(a: np.ndarray, w: np.ndarray, slots: int, tile: Callable[[int], tuple]) -> np.ndarray:
     """`fast_matmul`'s arithmetic, all N tiles of a K tile in one pass call (each column is its own exact sum,
     so grouping columns changes nothing): passes folded in K order, rows in blocks of `slots`. Each pass is
     `mxm_pass_fp16` (bit-identical to `mxm_pass`, faster for the few rows of a decode step)."""
@@ -86,6 +85,28 @@ def matmul(a: np.ndarray, w: np.ndarray, slots: int, tile: Callable[[int], tuple
             acc = product if acc is None else nx.accumulate(acc, product, DType.FP16)
         out[m0:m0 + slots] = acc
     return out
+
+
+SUB = 64
+"""Rows and columns of the sub-blocks a mostly-zero weight tile is cut into (a head's lanes)."""
+
+
+def nonzero_blocks(w: np.ndarray) -> list[tuple[slice, slice]] | None:
+    """The SUB x SUB sub-blocks of a weight tile w [K, N] that hold a nonzero weight (consecutive ones in a row of
+    sub-blocks merged), when at most half of them do — the attention's 0/1 head-sum matrix; None for a
+    dense tile (every model weight)."""
+    k, n = w.shape
+    if k % SUB or n % SUB:
+        return None
+    nonzero = (w != 0).reshape(k // SUB, SUB, n // SUB, SUB).any(axis=(1, 3))
+    if nonzero.mean() > 0.5:
+        return None
+    blocks = []
+    for i, row in enumerate(nonzero):
+        cols = np.flatnonzero(row)
+        for run in np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1) if len(cols) else []:
+            blocks.append((slice(i * SUB, (i + 1) * SUB), slice(int(run[0]) * SUB, (int(run[-1]) + 1) * SUB)))
+    return blocks
 
 
 def matmul_int8(a: np.ndarray, w: np.ndarray, tile: Callable[[int], np.ndarray]) -> np.ndarray:
@@ -126,12 +147,12 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
         elif isinstance(op, Matmul):
             w = env[op.w]
 
-            def tile(kt: int, name: str = op.w, w: np.ndarray = w) -> tuple[np.ndarray, np.ndarray]:
+            def tile(kt: int, name: str = op.w, w: np.ndarray = w) -> tuple:
                 """K tile kt of weight `name` as the fp16 pass wants it, kept for the next step."""
                 key = (name, kt)
                 if key not in tiles:
                     values = w[kt * LANES:(kt + 1) * LANES].astype(np.float64)
-                    tiles[key] = (values, np.abs(values).astype(np.float32))
+                    tiles[key] = (values, np.abs(values).astype(np.float32), nonzero_blocks(values))
                 return tiles[key]
 
             env[op.c] = matmul(env[op.a], w, slots, tile)

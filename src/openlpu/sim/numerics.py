@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from openlpu.isa.opcodes import Opcode
@@ -170,20 +172,31 @@ def mxm_pass(acts: np.ndarray, weights: np.ndarray, dtype: DType,
 _EXACT_DEPTH = 512  # products of 20-bit halves stay below 2^53 summed over up to 2^13 terms; a pass is 320
 
 
-def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, weights_abs: np.ndarray) -> np.ndarray:
+def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, weights_abs: np.ndarray,
+                  blocks: Sequence[tuple[slice, slice]] | None = None) -> np.ndarray:
     """`mxm_pass` for fp16, bit for bit, with one fp64 product instead of four when the rounding is certain.
 
     `weights64` is the fp16 weight tile as fp64 and `weights_abs` its absolute values as fp32 (callers keep
     both). Every product of two fp16 values is exact in fp64 and in fp32, so the fp64 sum s is within
     E = 2 n 2^-53 sum|a w| of the exact sum (any order, FMA or not), and sum|a w| is computed in fp32 (positive
     terms: within 0.1 % here). Where [s - E, s + E] holds no fp32 rounding boundary, fp32(s) is the correctly
-    rounded exact sum; the other entries are computed by `mxm_pass` itself."""
+    rounded exact sum; the other entries are computed by `mxm_pass` itself.
+
+    `blocks` (rows, columns) lists the tile's sub-blocks that hold its nonzero weights, for a mostly-zero tile:
+    the products outside them are exact zeros, so summing block by block is another order of the same sum."""
     a64 = acts.astype(np.float64)
     if not np.isfinite(a64).all():
         return mxm_pass(acts, weights64.astype(np.float16), DType.FP16)
-    s = a64 @ weights64
-    bound = (np.abs(acts).astype(np.float32) @ weights_abs).astype(np.float64) * (1.001 * 2 * len(weights64)
-                                                                                    * 2.0**-53)
+    a_abs = np.abs(acts).astype(np.float32)
+    if blocks is None:
+        s, total = a64 @ weights64, a_abs @ weights_abs
+    else:
+        s = np.zeros((len(acts), weights64.shape[1]))
+        total = np.zeros((len(acts), weights64.shape[1]), np.float32)
+        for rows, cols in blocks:
+            s[:, cols] += a64[:, rows] @ weights64[rows, cols]
+            total[:, cols] += a_abs[:, rows] @ weights_abs[rows, cols]
+    bound = total.astype(np.float64) * (1.001 * 2 * len(weights64) * 2.0**-53)
     r = s.astype(np.float32)
     r64 = r.astype(np.float64)
     below = (r64 + np.nextafter(r, np.float32(-np.inf)).astype(np.float64)) / 2
