@@ -38,7 +38,18 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws pr
 import numpy as np
 
 from openlpu.compiler.cache import CACHE_DIR_ENV, NO_CACHE_ENV
-from openlpu.compiler.chipgraph import Matmul, Receive, RmsNorm, Role, Scatter, Send, TensorDef, TokenScale, Vxm
+from openlpu.compiler.chipgraph import (
+    LaneMix,
+    Matmul,
+    Receive,
+    RmsNorm,
+    Role,
+    Scatter,
+    Send,
+    TensorDef,
+    TokenScale,
+    Vxm,
+)
 from openlpu.compiler.pipeline import CompiledModel, compile_model
 from openlpu.frontends.llama import param_shapes
 from openlpu.frontends.models import default_model_path
@@ -296,6 +307,8 @@ def op_group(op: Any) -> str:
             return "rmsnorm"
         case TokenScale():
             return "token_scale"
+        case LaneMix():
+            return "lane_mix"
         case Scatter():
             return "scatter"
         case Send():

@@ -1,4 +1,5 @@
-"""Lowering: the folded weights compute what the model computes, exactly; the split follows capacity."""
+"""Lowering: the laid-out weights and the lane mixes compute what the model computes, exactly; the split follows
+capacity."""
 
 from __future__ import annotations
 
@@ -10,41 +11,74 @@ from openlpu.compiler.chipgraph import Matmul, Receive, Role, Send
 from openlpu.compiler.lower import (
     MASK_LANE,
     Dims,
-    _repeat_kv,
-    _rotate_cols,
     check_model,
     head_columns,
     head_weights,
+    kv_lanes,
+    kv_shifts,
     layer_shapes,
+    layer_sides,
     layer_weights,
     lower_chip,
+    rope_terms,
     score_matrix,
     split_layers,
     step_inputs,
 )
 from openlpu.errors import ConfigError, DoesNotFitError
 from openlpu.hardware.chip import load_chip
+from openlpu.hardware.geometry import Hemisphere
 from openlpu.ir.interpret import rope_tables
 
 CHIP = load_chip("groqchip1")
+W, E = Hemisphere.W, Hemisphere.E
 
 
-def test_rotation_folded_into_the_weights_is_rotate_half_exactly():
+def _mix(x: np.ndarray, terms: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """sum_i rows_i * rot(x, r_i) over 320-lane vectors, in float64 (one nonzero term per lane: exact)."""
+    v = x.reshape(x.shape[0], -1, 320).astype(np.float64)
+    out = sum(np.roll(v, r, axis=-1) * m.reshape(m.shape[0], -1, 320) for r, m in terms)
+    return out.reshape(x.shape)
+
+
+def test_rope_terms_on_the_qkv_layout_are_the_models_rope_exactly():
+    model = our_model(1)
+    cfg, dims = model.config, Dims(model.config, 16)
     rng = np.random.default_rng(0)
-    w = rng.normal(size=(8, 3 * 4)).astype(np.float32)
-    x = rng.normal(size=(2, 8)).astype(np.float32)
-    y = (x @ w).reshape(2, 3, 4)
-    want = np.concatenate([-y[..., 2:], y[..., :2]], axis=-1).reshape(2, 12)
-    assert np.array_equal(x @ _rotate_cols(w, 4), want)
+    h = rng.normal(size=(1, dims.dp)).astype(np.float32)
+    h[:, cfg.hidden_size:] = 0
+    qkv = h.astype(np.float64) @ layer_weights(model, 0, dims)["qkv"].astype(np.float64)
+    rows = step_inputs(cfg, dims, 7)
+    r = _mix(qkv, [(rot, rows[name]) for rot, name in rope_terms(cfg, W)])
+    cos, sin = rope_tables(np.array([7]), cfg.head_dim, cfg.rope_base)
+
+    def rope(x: np.ndarray, heads: int) -> np.ndarray:
+        x = x.reshape(heads, cfg.head_dim)
+        half = cfg.head_dim // 2
+        rotated = np.concatenate([-x[:, half:], x[:, :half]], axis=-1)
+        return (x * cos + rotated * sin).ravel()
+
+    q = qkv[0, : dims.qdim]
+    assert np.allclose(r[0, : dims.qdim], rope(q, cfg.n_heads) * cfg.head_dim ** -0.5, rtol=1e-5, atol=1e-5)
+    lanes = [a + i for a in kv_lanes(cfg) for i in range(cfg.head_dim)]
+    k, v = qkv[0, dims.qp:][lanes], qkv[0, dims.qp + 320:][lanes]
+    assert np.allclose(r[0, dims.qp:][lanes], rope(k, cfg.n_kv_heads), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(r[0, dims.qp + 320:][lanes], v)  # v passes unchanged
 
 
-def test_kv_columns_repeat_for_each_query_head_of_the_group():
+def test_kv_expansion_puts_each_kv_head_on_its_query_heads_lanes():
     cfg = our_model(1).config
-    w = np.arange(2 * cfg.n_kv_heads * cfg.head_dim, dtype=np.float32).reshape(2, -1)
-    rep = _repeat_kv(w, cfg).reshape(2, cfg.n_heads, cfg.head_dim)
+    kv = np.zeros((1, 320), np.float32)
+    for j, at in enumerate(kv_lanes(cfg)):
+        kv[0, at:at + cfg.head_dim] = np.arange(cfg.head_dim) + 100 * (j + 1)
+    blocks = [_mix(kv, list(shifts.items())) for shifts in kv_shifts(cfg)]
+    expanded = np.concatenate(blocks, axis=1)[0]
     for h in range(cfg.n_heads):
-        kv = h // cfg.group_size
-        assert np.array_equal(rep[:, h], w[:, kv * cfg.head_dim:(kv + 1) * cfg.head_dim])
+        j = h // cfg.group_size
+        assert expanded[h * cfg.head_dim:(h + 1) * cfg.head_dim].tolist() == (np.arange(cfg.head_dim)
+                                                                             + 100 * (j + 1)).tolist()
+    assert not expanded[cfg.n_heads * cfg.head_dim:].any()
+    assert max(len(s) for s in kv_shifts(cfg)) == 3  # KV heads at lanes 0, 128, 192: three terms, not four
 
 
 def test_score_matrix_sums_each_head_and_adds_the_mask_lane_everywhere():
@@ -61,9 +95,12 @@ def test_step_inputs_carry_rope_rows_with_the_query_scale_and_the_position():
     cfg = our_model(1).config
     dims = Dims(cfg, 16)
     rows = step_inputs(cfg, dims, 5)
-    cos, _ = rope_tables(np.array([5]), cfg.head_dim, cfg.rope_base)
-    assert rows["cos"][0, dims.qp: dims.qp + cfg.head_dim].tolist() == cos[0].astype(np.float32).tolist()
-    assert rows["cos"][0, 0] == np.float32(cos[0, 0]) * np.float32(cfg.head_dim ** -0.5)
+    cos, sin = rope_tables(np.array([5]), cfg.head_dim, cfg.rope_base)
+    assert rows["cos_w"][0, dims.qp: dims.qp + cfg.head_dim].tolist() == cos[0].astype(np.float32).tolist()
+    assert rows["cos_e"][0, 0] == np.float32(cos[0, 0]) * np.float32(cfg.head_dim ** -0.5)
+    assert rows["sin_neg_w"][0, dims.qp + 1] == -np.float32(sin[0, 1]) and rows["sin_neg_w"][0, dims.qp + 33] == 0
+    assert rows["sin_pos_e"][0, dims.qp + 33] == np.float32(sin[0, 33]) and rows["sin_pos_e"][0, dims.qp + 1] == 0
+    assert (rows["cos_w"][0, dims.qp + 320:] == 1).all() and not rows["sin_pos_w"][0, dims.qp + 320:].any()
     assert (rows["pos_w"] == 5).all() and rows["pos_w"].dtype == np.int16
 
 
@@ -77,17 +114,21 @@ def test_the_full_model_splits_by_weight_capacity_and_refuses_too_few_chips():
     model = our_model(None)
     dims = Dims(model.config, 128)
     ranges = split_layers(model, dims, CHIP)
-    assert sum(len(r) for r in ranges) == model.config.n_layers and len(ranges) == 3
+    assert sum(len(r) for r in ranges) == model.config.n_layers and len(ranges) == 2
     assert [r.start for r in ranges] == sorted(r.start for r in ranges)
-    with pytest.raises(DoesNotFitError, match="need 3 groqchip1 chips; 2 were asked for"):
-        split_layers(model, dims, CHIP, chips=2)
-    # int8 halves the weights' addresses: 2 chips (the layout's folded and repeated columns keep it off one)
-    assert [len(r) for r in split_layers(model, dims, CHIP, dtype="int8")] == [15, 15]
     with pytest.raises(DoesNotFitError, match="need 2 groqchip1 chips; 1 was asked for"):
-        split_layers(model, dims, CHIP, chips=1, dtype="int8")
+        split_layers(model, dims, CHIP, chips=1)
+    assert [len(r) for r in split_layers(model, dims, CHIP, chips=3)] == [10, 10, 10]
+    # int8 halves the weights' addresses: one chip
+    assert [len(r) for r in split_layers(model, dims, CHIP, dtype="int8")] == [30]
 
 
-def test_int8_layout_quantises_each_output_column_and_keeps_folded_columns_exact():
+def test_blocks_alternate_hemispheres_so_both_weight_bands_fill_evenly():
+    assert layer_sides(0)["qkv"] is W and layer_sides(1)["qkv"] is E
+    assert all(layer_sides(0)[k] is not layer_sides(1)[k] for k in layer_sides(0))
+
+
+def test_int8_layout_quantises_each_output_column():
     model = our_model(1)
     dims = Dims(model.config, 16)
     f16, i8 = layer_weights(model, 0, dims), layer_weights(model, 0, dims, "int8")
@@ -97,12 +138,8 @@ def test_int8_layout_quantises_each_output_column_and_keeps_folded_columns_exact
         assert np.abs(q).max() == 127 and q.min() >= -127
         w = f16[key].astype(np.float64)
         assert np.all(np.abs(q * scale.astype(np.float64) - w) <= scale / 2 + np.abs(w) * 2.0**-11 + 1e-12)
-    qp = dims.qp
-    q, scale = i8["qkv"], i8["qkv_scale"][0]
-    rotated = _rotate_cols(q[:, :qp].astype(np.int16), model.config.head_dim)  # q's columns, rotated
-    assert np.array_equal(q[:, 2 * qp:3 * qp], rotated)
-    assert np.array_equal(scale[2 * qp:3 * qp], _rotate_cols(scale[None, :qp], model.config.head_dim)[0].__abs__())
-    assert np.all(scale[dims.qdim:qp] == 1)  # padding columns: all zero, scale 1
+    scale = i8["qkv_scale"][0]
+    assert np.all(scale[dims.qdim:dims.qp] == 1)  # padding columns: all zero, scale 1
 
 
 def test_chips_pass_the_hidden_state_along_and_only_the_last_has_the_head():

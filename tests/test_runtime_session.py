@@ -122,14 +122,14 @@ def test_full_model_greedy_tokens_match_transformers_for_32_steps():
 
 
 @pytest.mark.slow
-def test_full_model_in_int8_fits_two_chips_and_costs_what_docs_say():
-    """SmolLM2-135M in int8 (W8A8) on 2 GroqChip 1: its greedy tokens follow transformers' for 21 of 32 on this
-    prompt (then take another path: "1960s" for "1950s"), logits within 5.7 of fp32 (docs/compiler.md)."""
+def test_full_model_in_int8_fits_one_chip_and_costs_what_docs_say():
+    """SmolLM2-135M in int8 (W8A8) on one GroqChip 1: its greedy tokens follow transformers' for the first 9 of
+    32 on this prompt (then take another path), logits within 8 of fp32 (docs/compiler.md)."""
     ids = our_tokenizer().encode("The first computers were built")
     c = compile_model(our_model(None), CHIP, context=64, dtype="int8")
-    assert c.chips == 2
+    assert c.chips == 1
     tokens, logits = _greedy(open_session(c), ids, 32)
     ref = hf_greedy(hf_model(None), ids, 32)
-    assert tokens[:16] == ref[:16]
+    assert tokens[:9] == ref[:9]
     want, _ = hf_forward(hf_model(None), ids + tokens[:-1])
     assert max(np.abs(g - w).max() for g, w in zip(logits, want)) < 8.0

@@ -10,6 +10,7 @@ Operations:
     Matmul   c = a @ w on the MXM of their hemisphere (fp16 in, fp32 out; int8 in, int32 out)
     RmsNorm  y = rmsnorm(x, w) over the first n columns (x, w west; y east)
     TokenScale  y = max(max|x|, floor) / 127 per row of x, in every lane (x west; y east): int8 activations
+    LaneMix  out = sum_i m_i * rotate(x, r_i): lane rotations through the SXM, weighted by rows (RoPE, KV heads)
     Scatter  row index[0] of `dst` (block by block) = src; dst in the other hemisphere
     Send     the vectors of `src` over the east link to the next chip
     Receive  the vectors the previous chip sent, into `dst`
@@ -161,6 +162,22 @@ class TokenScale:
 
 
 @dataclass(frozen=True, slots=True)
+class LaneMix:
+    x: Ref
+    terms: tuple[tuple[int, Ref], ...]  # (rotation in lanes, the rows that weight it)
+    out: Ref
+
+    def reads(self) -> tuple[str, ...]:
+        return (self.x.name, *(m.name for _, m in self.terms))
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.out.name,)
+
+    def __str__(self) -> str:
+        return f"lane_mix {self.out} <- " + " + ".join(f"rot({self.x}, {r}) * {m}" for r, m in self.terms)
+
+
+@dataclass(frozen=True, slots=True)
 class Scatter:
     src: Ref
     dst: str
@@ -204,7 +221,7 @@ class Receive:
         return f"receive {self.dst}"
 
 
-Operation = Vxm | Matmul | RmsNorm | TokenScale | Scatter | Send | Receive
+Operation = Vxm | Matmul | RmsNorm | TokenScale | LaneMix | Scatter | Send | Receive
 
 
 @dataclass(frozen=True)

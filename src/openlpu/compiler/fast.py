@@ -15,6 +15,7 @@ import numpy as np
 
 from openlpu.compiler.chipgraph import (
     ChipGraph,
+    LaneMix,
     Matmul,
     Receive,
     Ref,
@@ -28,6 +29,7 @@ from openlpu.compiler.chipgraph import (
 from openlpu.errors import InternalError
 from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType
+from openlpu.kernels.lanemix import fast_lane_mix
 from openlpu.kernels.quantize import fast_token_scale
 from openlpu.kernels.rmsnorm import fast_rmsnorm
 from openlpu.sim import numerics as nx
@@ -53,13 +55,15 @@ def take(t: TensorDef, ref: Ref, arr: np.ndarray) -> np.ndarray:
 
 
 def put(t: TensorDef, ref: Ref, arr: np.ndarray, vectors: np.ndarray) -> None:
-    if ref.block_step != 1:
-        raise InternalError(f"{ref}: a train is written block by block (block step 1)")
+    """Write vectors [count, lanes], in train order, into the vectors `ref` names."""
     rows = t.rows if ref.rows is None else ref.rows
     nb = t.blocks - ref.block0 if ref.blocks is None else ref.blocks
+    if ref.block_step == 0 and nb > 1:
+        raise InternalError(f"{ref}: a train cannot write one block twice")
     idx = ref.row0 + np.arange(rows) * ref.step
-    block = vectors.reshape(nb, rows, LANES).transpose(1, 0, 2).reshape(rows, nb * LANES)
-    arr[idx, ref.block0 * LANES:(ref.block0 + nb) * LANES] = block
+    blocks = ref.block0 + np.arange(nb) * ref.block_step
+    for j, b in enumerate(blocks.tolist()):
+        arr[idx, b * LANES:(b + 1) * LANES] = vectors[j * rows:(j + 1) * rows]
 
 
 def vxm(op: Vxm, a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -120,6 +124,16 @@ def matmul_int8(a: np.ndarray, w: np.ndarray, tile: Callable[[int], np.ndarray])
     return acc
 
 
+def _store(tensors: dict[str, TensorDef], env: dict[str, np.ndarray], ref: Ref, vectors: np.ndarray) -> None:
+    """Write a train's vectors into `ref` of its tensor (made afresh when another program on the chip used the
+    name for another shape)."""
+    t = tensors[ref.name]
+    held = env.get(ref.name)
+    if held is None or held.shape != (t.rows, t.cols) or held.dtype != t.dtype.numpy:
+        env[ref.name] = np.zeros((t.rows, t.cols), t.dtype.numpy)
+    put(t, ref, env[ref.name], vectors.astype(t.dtype.numpy, copy=False))
+
+
 def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tiles,
         received: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Run `graph` on `env` (every tensor by name, updated in place). Returns what the chip sends."""
@@ -127,12 +141,10 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
     for op in graph.ops:
         if isinstance(op, Vxm):
             args = [take(tensors[r.name], r, env[r.name]) for r in op.ins]
-            out = vxm(op, args[0], args[1] if len(args) > 1 else None)
-            t = tensors[op.out.name]
-            held = env.get(op.out.name)  # another program on the chip may use the name for another shape
-            if held is None or held.shape != (t.rows, t.cols) or held.dtype != t.dtype.numpy:
-                env[op.out.name] = np.zeros((t.rows, t.cols), t.dtype.numpy)
-            put(t, op.out, env[op.out.name], out.astype(t.dtype.numpy, copy=False))
+            _store(tensors, env, op.out, vxm(op, args[0], args[1] if len(args) > 1 else None))
+        elif isinstance(op, LaneMix):
+            terms = [(r, take(tensors[m.name], m, env[m.name])) for r, m in op.terms]
+            _store(tensors, env, op.out, fast_lane_mix(take(tensors[op.x.name], op.x, env[op.x.name]), terms))
         elif isinstance(op, Matmul) and tensors[op.w].dtype is DType.INT8:
             w = env[op.w]
 

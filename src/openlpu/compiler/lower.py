@@ -3,31 +3,39 @@
 One decode step (one token at position t against a KV cache of `context` rows) becomes, per block:
 
     h   = rmsnorm(x, attn_norm)                          RmsNorm (x west, h east)
-    qkv = fp16(h) @ [Wq | Wk' | Wq R | Wk' R | Wv']      one MXM matmul, fp32 out
-    r   = qkv[q,k] * cos + qkv[qR,kR] * sin              RoPE: the rotation R folded into the weights (exact)
-    K[t], V[t] = r[k], qkv[v]                            scatters at the host-given position
+    qkv = fp16(h) @ [Wq | Wk | Wv]                       one MXM matmul, fp32 out (q: its heads' blocks; k, v: one
+                                                          block each, the KV heads side by side)
+    r   = qkv * cos + rot(qkv, -dh/2) * sin_neg          RoPE in one LaneMix: rotate_half as two SXM lane rotations,
+          + rot(qkv, +dh/2) * sin_pos                     the signs and the halves in the host's sin rows (v: cos 1)
+    kx  = sum_s mask_s * rot(r[k, v], s)                 LaneMix: each KV head copied to the lanes of its query heads
+    K[t], V[t] = kx[k], kx[v]                            scatters at the host-given position
     s   = rowsum64(K * q)                                scores: products on the VXM, split hi + lo in fp16,
                                                           summed per head on the MXM by a 0/1 matrix (exact sum)
     p   = exp(s - max_rows s);  o = sum_rows(p * V) / sum_rows(p)     trees over rows on the VXM
     x  += fp16(o) @ Wo;  x += fp16(silu(g) * u) @ Wd  with [g | u] = fp16(rmsnorm(x)) @ [Wg | Wu]
 
-The cache keeps one row per position with the K and V of every *query* head (Wk' and Wv' repeat each KV head's
-columns for its query heads), so every attention vector lines up lane for lane with q, and the only operation
-that mixes lanes is the per-head sum, which the MXM does. Positions past t are masked by lane 600 of the cache
-(1 in an unwritten row, 0 in a written one) times -30000 in q's lane 600: exp of such a score is exactly 0.
-The 1/sqrt(head_dim) scale is folded into q's cos and sin rows (a power of two: exact).
+The weights hold the model's columns once (no rotated or repeated copies); the cache keeps one row per position
+with the K and V of every *query* head (the expansion above), so every attention vector lines up lane for lane
+with q, and the only operation that mixes lanes is the per-head sum, which the MXM does. Positions past t are
+masked by lane 600 of the cache (1 in an unwritten row, 0 in a written one) times -30000 in q's lane 600: exp of
+such a score is exactly 0. The 1/sqrt(head_dim) scale is folded into q's cos and sin rows (a power of two: exact).
 
 Precision (fp16, the default): weights fp16, every matmul input rounded to fp16, fp32 accumulation; everything on
 the VXM in fp32; the KV cache in fp32. int8: weights int8 per output column (channel) with fp32 scales; each
 projection's input quantised per token on the chip (`_Graph.quantize`), the int32 sums rescaled in fp32
 (`_Graph.dequantize`); attention as in fp16.
 
+Hemispheres: a block's four weights sit on alternating sides from block to block (`layer_sides`), so the two
+hemispheres' weight bands fill evenly.
+
 The host writes, before each step: the token's embedding row (fp32, first chip), the cos and sin rows of its
-position and the position itself (every chip). It reads the logits after the step.
+position in each hemisphere and the position itself (every chip). It reads the logits after the step.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -35,6 +43,7 @@ import numpy as np
 
 from openlpu.compiler.chipgraph import (
     ChipGraph,
+    LaneMix,
     Matmul,
     Operation,
     Receive,
@@ -62,8 +71,9 @@ F16, F32, I8, I16, I32 = DType.FP16, DType.FP32, DType.INT8, DType.INT16, DType.
 W, E = Hemisphere.W, Hemisphere.E
 MASK_LANE = 600  # a padding lane of the second block of q and K (576 used lanes)
 MASK_SCORE = -30000.0  # exactly representable in fp16; exp(MASK_SCORE - max) is 0 in fp32
-#: Which hemisphere's MXM holds each of a block's weights (balances the two hemispheres' SRAM).
+#: Which hemisphere's MXM holds each of a block's weights, in even blocks of a chip; odd ones mirror it.
 WEIGHT_SIDE = {"qkv": W, "o": E, "gu": E, "down": W}
+MAX_SHIFTS = 4  # distinct lane shifts per output block of the KV expansion (one LaneMix: four terms)
 
 
 def other(h: Hemisphere) -> Hemisphere:
@@ -101,6 +111,11 @@ class Dims:
     def fp(self) -> int:
         return padded(self.cfg.ffn_size)
 
+    @property
+    def qb(self) -> int:
+        """Column blocks of q (and of the expanded K and V)."""
+        return self.qp // LANES
+
 
 def check_model(cfg: LlamaConfig, context: int) -> None:
     """What this lowering supports, with a fix for what it does not."""
@@ -111,6 +126,10 @@ def check_model(cfg: LlamaConfig, context: int) -> None:
         problems.append(f"head_dim {cfg.head_dim} does not divide the {LANES} lanes")
     if padded(cfg.hidden_size) - cfg.hidden_size < 1 or padded(cfg.hidden_size) <= MASK_LANE:
         problems.append(f"hidden size {cfg.hidden_size} leaves no padding lane {MASK_LANE} for the causal mask")
+    if cfg.n_kv_heads * cfg.head_dim > LANES:
+        problems.append(f"{cfg.n_kv_heads} KV heads of {cfg.head_dim} lanes do not fit one {LANES}-lane block")
+    elif not problems and max(len(s) for s in kv_shifts(cfg)) > MAX_SHIFTS:
+        problems.append(f"a block of query heads draws on its KV heads at more than {MAX_SHIFTS} lane shifts")
     if problems:
         raise ConfigError("the chip lowering supports llama models whose heads tile the 320 lanes and leave a "
                           "padding lane: " + "; ".join(problems))
@@ -122,19 +141,6 @@ def check_model(cfg: LlamaConfig, context: int) -> None:
 
 
 # -- weights in the chip's layout ----------------------------------------------------------------------------------
-
-
-def _rotate_cols(w: np.ndarray, head_dim: int) -> np.ndarray:
-    """Columns of w [K, H * Dh] so that x @ result = rotate_half(x @ w) per head: [-x2, x1]."""
-    h = w.reshape(w.shape[0], -1, head_dim)
-    half = head_dim // 2
-    return np.concatenate([-h[..., half:], h[..., :half]], axis=-1).reshape(w.shape)
-
-
-def _repeat_kv(w: np.ndarray, cfg: LlamaConfig) -> np.ndarray:
-    """Columns of w [K, G * Dh] repeated so that query head h gets its KV head h // group_size."""
-    h = w.reshape(w.shape[0], cfg.n_kv_heads, cfg.head_dim)
-    return np.repeat(h, cfg.group_size, axis=1).reshape(w.shape[0], -1)
 
 
 def _columns(blocks: list[np.ndarray], rows: int, widths: list[int], dtype: type = np.float16) -> np.ndarray:
@@ -149,7 +155,7 @@ def _columns(blocks: list[np.ndarray], rows: int, widths: list[int], dtype: type
 
 def layer_shapes(dims: Dims) -> dict[str, tuple[int, int]]:
     """[K, N] of each of a block's MXM weights as `layer_weights` lays them out."""
-    return {"qkv": (dims.dp, 5 * dims.qp), "o": (dims.qp, dims.dp), "gu": (dims.dp, 2 * dims.fp),
+    return {"qkv": (dims.dp, dims.qp + 2 * LANES), "o": (dims.qp, dims.dp), "gu": (dims.dp, 2 * dims.fp),
             "down": (dims.fp, dims.dp)}
 
 
@@ -162,15 +168,14 @@ def head_columns(vocab: int) -> tuple[int, int]:
 def layer_weights(model: GGUFModel, i: int, dims: Dims, dtype: str = "fp16") -> dict[str, np.ndarray]:
     """Block i's weights as the chip stores them ([K padded, N laid out], fp16; or int8 with one fp32 scale per
     column in `<name>_scale` [1, N]), and its norm rows (fp32)."""
-    cfg, w = model.config, model.weights
+    w = model.weights
     p = f"blk.{i}."
     wq, wk, wv = (w[p + f"attn_{n}.weight"].T for n in "qkv")
-    wk, wv = _repeat_kv(wk, cfg), _repeat_kv(wv, cfg)
-    dh, qp = cfg.head_dim, dims.qp
     store = np.float32 if dtype == "int8" else np.float16
     mats = {
-        "qkv": _columns([wq, wk, _rotate_cols(wq, dh), _rotate_cols(wk, dh), wv], dims.dp, [qp] * 5, store),
-        "o": _columns([w[p + "attn_output.weight"].T], qp, [dims.dp], store),
+        "qkv": _columns([wq, _kv_block(wk, dims.cfg), _kv_block(wv, dims.cfg)], dims.dp, [dims.qp, LANES, LANES],
+                        store),
+        "o": _columns([w[p + "attn_output.weight"].T], dims.qp, [dims.dp], store),
         "gu": _columns([w[p + "ffn_gate.weight"].T, w[p + "ffn_up.weight"].T], dims.dp, [dims.fp] * 2, store),
         "down": _columns([w[p + "ffn_down.weight"].T], dims.fp, [dims.dp], store),
     }
@@ -178,11 +183,18 @@ def layer_weights(model: GGUFModel, i: int, dims: Dims, dtype: str = "fp16") -> 
             "ffn_norm": _row(w[p + "ffn_norm.weight"], dims.dp)}
 
 
+def _kv_block(w: np.ndarray, cfg: LlamaConfig) -> np.ndarray:
+    """KV heads' columns [K, G * Dh] at their lanes of one block (`kv_lanes`), zero between them."""
+    out = np.zeros((w.shape[0], LANES), w.dtype)
+    for j, at in enumerate(kv_lanes(cfg)):
+        out[:, at:at + cfg.head_dim] = w[:, j * cfg.head_dim:(j + 1) * cfg.head_dim]
+    return out
+
+
 def _int8(mats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each fp32 [K, N] layout as int8 per output column (channel), with its scales as a row `<name>_scale`:
-    the column's max|w| / 127, as `quantize_int8_rows` does for [out, in] rows. Folding the rotation (a negated
-    column) and repeating KV columns commute with it, so the layout's columns are the model's channels,
-    quantised; all-zero padding columns get scale 1."""
+    the column's max|w| / 127, as `quantize_int8_rows` does for [out, in] rows: the layout's columns are the
+    model's channels, quantised; all-zero padding columns get scale 1."""
     out = {}
     for name, m in mats.items():
         q, scale = quantize_int8_rows(m.T)
@@ -226,29 +238,78 @@ def mask_row(dims: Dims) -> np.ndarray:
     return row
 
 
+ROPE_INPUTS = ("cos", "sin_neg", "sin_pos")
+
+
+def rope_terms(cfg: LlamaConfig, side: Hemisphere) -> tuple[tuple[int, str], ...]:
+    """RoPE's LaneMix terms: (lane rotation, host row) — x * cos + rot(x, -dh/2) * sin_neg + rot(x, dh/2) * sin_pos,
+    so each head's first half gets x1 cos - x2 sin and its second x2 cos + x1 sin (rotate_half)."""
+    half = cfg.head_dim // 2
+    return tuple((r, f"{name}_{side.value}") for r, name in zip((0, -half, half), ROPE_INPUTS))
+
+
 def rope_rows(cfg: LlamaConfig, dims: Dims, positions: np.ndarray) -> dict[str, np.ndarray]:
-    """cos and sin rows for [q | k] at each position (q's scaled by 1/sqrt(head_dim), exact: a power of two)."""
+    """The RoPE terms' rows over [q | k | v] (q's scaled by 1/sqrt(head_dim), exact: a power of two; v's cos 1
+    and sin 0, so v passes unchanged) at each position, for each hemisphere."""
     cos, sin = rope_tables(np.asarray(positions), cfg.head_dim, cfg.rope_base)
+    first = np.arange(cfg.head_dim) < cfg.head_dim // 2
+    tables = {"cos": cos, "sin_neg": np.where(first, -sin, 0), "sin_pos": np.where(first, 0, sin)}
     scale = np.float32(cfg.head_dim ** -0.5)
     rows = {}
-    for name, table in (("cos", cos), ("sin", sin)):
-        heads = np.tile(table.astype(np.float32), (1, cfg.n_heads))
-        out = np.zeros((len(table), 2 * dims.qp), np.float32)
-        out[:, : dims.qdim] = heads * scale
-        out[:, dims.qp: dims.qp + dims.qdim] = heads
-        rows[name] = out
+    for name, table in tables.items():
+        t = table.astype(np.float32)
+        out = np.zeros((len(t), dims.qp + 2 * LANES), np.float32)
+        out[:, : dims.qdim] = np.tile(t, (1, cfg.n_heads)) * scale
+        for at in kv_lanes(cfg):
+            out[:, dims.qp + at: dims.qp + at + cfg.head_dim] = t
+        out[:, dims.qp + LANES:] = 1.0 if name == "cos" else 0.0
+        rows.update({f"{name}_{h.value}": out for h in (W, E)})
     return rows
 
 
+@functools.cache
+def kv_lanes(cfg: LlamaConfig) -> tuple[int, ...]:
+    """The first lane of each KV head in its block: head-sized slots, in order, chosen so that the expansion to
+    the query heads needs the fewest distinct lane shifts per output block (each shift is a term of a LaneMix,
+    whose rows the SRAM reads side by side)."""
+    dh, slots = cfg.head_dim, LANES // cfg.head_dim
+    best = None
+    for chosen in itertools.combinations(range(slots), cfg.n_kv_heads):
+        lanes = tuple(c * dh for c in chosen)
+        cost = max(len(s) for s in _shifts(cfg, lanes))
+        if best is None or cost < best[0]:
+            best = (cost, lanes)
+    return best[1]
+
+
+def kv_shifts(cfg: LlamaConfig) -> list[dict[int, np.ndarray]]:
+    """Per column block of the query heads: {lane shift: 0/1 row} — rotating the KV block by the shift and
+    keeping the row's lanes puts each KV head on the lanes of its query heads."""
+    return _shifts(cfg, kv_lanes(cfg))
+
+
+def _shifts(cfg: LlamaConfig, kv_at: tuple[int, ...]) -> list[dict[int, np.ndarray]]:
+    dh, per_block = cfg.head_dim, LANES // cfg.head_dim
+    out = []
+    for block in range(math.ceil(cfg.n_heads / per_block)):
+        terms: dict[int, np.ndarray] = {}
+        for h in range(block * per_block, min(cfg.n_heads, (block + 1) * per_block)):
+            at = (h % per_block) * dh
+            row = terms.setdefault(at - kv_at[h // cfg.group_size], np.zeros((1, LANES), np.float32))
+            row[0, at:at + dh] = 1.0
+        out.append(terms)
+    return out
+
+
 def step_inputs(cfg: LlamaConfig, dims: Dims, position: int) -> dict[str, np.ndarray]:
-    """The rows the host writes before the decode step at `position`: cos and sin, and the position as an int16
-    row (the scatters' lane addresses)."""
+    """The rows the host writes before the decode step at `position`: the RoPE rows, and the position as an
+    int16 row (the scatters' lane addresses)."""
     pos = np.full((1, LANES), position, np.int16)
     return {**rope_rows(cfg, dims, np.array([position])), "pos_w": pos, "pos_e": pos}
 
 
 def prefill_inputs(cfg: LlamaConfig, dims: Dims, prompt: int) -> dict[str, np.ndarray]:
-    """The rows the host writes before the prefill of positions 0..prompt-1: cos and sin, one row each."""
+    """The rows the host writes before the prefill of positions 0..prompt-1: the RoPE rows, one per position."""
     return rope_rows(cfg, dims, np.arange(prompt))
 
 
@@ -352,6 +413,20 @@ class _Graph:
         q, s = self.quantize(x, stem)
         return self.dequantize(self.matmul(q, w, stem + "_sum"), s, Ref(w.name + "_scale"), stem)
 
+    def lane_mix(self, x: Ref, terms: list[tuple[int, str]], stem: str, out: Ref | None = None) -> Ref:
+        """sum_i rows_i * rot(x, r_i) for terms (r_i, name of rows_i on x's side): x broadcast-free, each term's
+        rows a whole tensor of x's shape or one row (repeated for every row and block of x)."""
+        rows, blocks = self.shape(x)
+        views = []
+        for r, name in terms:
+            t = self.tensors[name]
+            views.append((r, Ref(name) if t.rows == rows and t.blocks == blocks else
+                          Ref(name, blocks=blocks, block_step=0, rows=rows, step=0)))
+        if out is None:
+            out = self.temp(stem, F32, rows, blocks, other(self.side(x)))
+        self.ops.append(LaneMix(x, tuple(views), out))
+        return out
+
     def whole(self, r: Ref) -> Ref:
         """A tensor holding exactly r's vectors (r itself when it is a whole tensor)."""
         t = self.tensors[r.name]
@@ -381,14 +456,20 @@ def _weight(g: _Graph, name: str, ws: dict[str, np.ndarray], key: str, side: Hem
     return g.tensor(name, dtype, v.shape[0], v.shape[1], side, Role.WEIGHT, v, interleave=32 // dtype.width_bytes)
 
 
-def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref, prompt: int | None, dtype: str) -> Ref:
-    """Block i on x: one row (decode, the token at the host-given position) or `prompt` rows (prefill of
-    positions 0..prompt-1: matmuls and elementwise work on all rows at once, attention query by query)."""
-    t_rows, qb, rows = dims.context, dims.qp // LANES, prompt or 1
+def layer_sides(k: int) -> dict[str, Hemisphere]:
+    """The hemisphere of each weight of a chip's k-th block: WEIGHT_SIDE for even k, mirrored for odd k."""
+    return dict(WEIGHT_SIDE) if k % 2 == 0 else {name: other(h) for name, h in WEIGHT_SIDE.items()}
+
+
+def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prompt: int | None, dtype: str) -> Ref:
+    """Block i (the chip's k-th) on x: one row (decode, the token at the host-given position) or `prompt` rows
+    (prefill of positions 0..prompt-1: matmuls and elementwise work on all rows at once, attention query by
+    query)."""
+    cfg, t_rows, qb, rows = dims.cfg, dims.context, dims.qb, prompt or 1
     ws = layer_weights(model, i, dims, dtype)
     p = f"l{i}_"
-    wt = {k: _weight(g, p + k, ws, k, WEIGHT_SIDE[k]) for k in WEIGHT_SIDE}
-    norms = {k: g.tensor(p + k, F32, 1, dims.dp, W, Role.CONST, ws[k]) for k in ("attn_norm", "ffn_norm")}
+    wt = {name: _weight(g, p + name, ws, name, side) for name, side in layer_sides(k).items()}
+    norms = {n: g.tensor(p + n, F32, 1, dims.dp, W, Role.CONST, ws[n]) for n in ("attn_norm", "ffn_norm")}
     k_init = np.zeros((t_rows, dims.qp), np.float32)
     k_init[:, MASK_LANE] = 1.0
     kc = g.tensor(p + "k_cache", F32, t_rows, dims.qp, E, Role.STATE, k_init)
@@ -397,20 +478,26 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref, prompt: int 
     x = g.ensure(x, W)
     h = _rmsnorm(g, x, norms["attn_norm"], dims, p + "h")
     qkv = g.project(h, wt["qkv"], p + "qkv")
-    t1 = g.vxm(Opcode.MUL, F32, [Ref(qkv.name, 0, 2 * qb), Ref("cos")], p + "rope_c")
-    t2 = g.vxm(Opcode.MUL, F32, [Ref(qkv.name, 2 * qb, 2 * qb), Ref("sin")], p + "rope_s")
-    r = g.vxm(Opcode.ADD, F32, [t1, t2], p + "rope")
-    q = g.vxm(Opcode.ADD, F32, [Ref(r.name, 0, qb), Ref("qmask", rows=rows, step=0)], p + "q")
+    r = g.lane_mix(qkv, list(rope_terms(cfg, g.side(qkv))), p + "rope")
+    qmask = _const(g, "qmask", g.side(r), mask_row(dims))
+    q = g.vxm(Opcode.ADD, F32, [Ref(r.name, 0, qb), Ref(qmask, rows=rows, step=0)], p + "q")
+    q = g.ensure(q, g.side(kc))  # one row (decode) or `prompt`: then broadcast over the cache
+    kv = g.temp(p + "kv", F32, rows, 2 * qb, other(g.side(r)))  # [K | V] per query head
+    for block, shifts in enumerate(kv_shifts(cfg)):
+        terms = [(shift, _const(g, f"kv_mask{block}_{shift % LANES}", g.side(r), row))
+                 for shift, row in shifts.items()]
+        g.lane_mix(Ref(r.name, qb, 2), terms, "", out=Ref(kv.name, block, 2, block_step=qb))
+    k_new, v_new = Ref(kv.name, 0, qb), Ref(kv.name, qb, qb)
     if prompt is None:
-        g.ops.append(Scatter(g.ensure(Ref(r.name, qb, qb), W), kc.name, "pos_w"))
-        g.ops.append(Scatter(g.ensure(Ref(qkv.name, 4 * qb, qb), E), vc.name, "pos_e"))
+        g.ops.append(Scatter(g.ensure(k_new, W), kc.name, "pos_w"))
+        g.ops.append(Scatter(g.ensure(v_new, E), vc.name, "pos_e"))
         o = _attend(g, dims, p, Ref(kc.name), Ref(vc.name), Ref(q.name, rows=t_rows, step=0))
     else:
-        k, v = g.ensure(Ref(r.name, qb, qb), W), g.ensure(Ref(qkv.name, 4 * qb, qb), E)
+        k_new, v_new = g.ensure(k_new, W), g.ensure(v_new, E)
         o = None
         for j in range(prompt):  # the cache fills row by row, so each query sees exactly the rows before it
-            g.vxm(Opcode.COPY, F32, [replace(k, row0=j, rows=1)], "", out=Ref(kc.name, row0=j, rows=1))
-            g.vxm(Opcode.COPY, F32, [replace(v, row0=j, rows=1)], "", out=Ref(vc.name, row0=j, rows=1))
+            g.vxm(Opcode.COPY, F32, [replace(k_new, row0=j, rows=1)], "", out=Ref(kc.name, row0=j, rows=1))
+            g.vxm(Opcode.COPY, F32, [replace(v_new, row0=j, rows=1)], "", out=Ref(vc.name, row0=j, rows=1))
             n = max(2, 1 << j.bit_length())  # a power of two > j: the trees halve it
             oj = _attend(g, dims, f"{p}q{j}_", Ref(kc.name, rows=n), Ref(vc.name, rows=n),
                          Ref(q.name, row0=j, rows=n, step=0))
@@ -429,6 +516,14 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, x: Ref, prompt: int 
     prod = g.vxm(Opcode.MUL, F32, [act, Ref(gu.name, fb, fb)], p + "glu")
     down = g.project(prod, wt["down"], p + "down")
     return g.vxm(Opcode.ADD, F32, [down, x], p + "x")
+
+
+def _const(g: _Graph, stem: str, side: Hemisphere, row: np.ndarray) -> str:
+    """A constant row on `side`, declared once per chip and shared by its blocks."""
+    name = f"{stem}_{side.value}"
+    if name not in g.tensors:
+        g.tensor(name, F32, 1, row.shape[1], side, Role.CONST, row)
+    return name
 
 
 def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref) -> Ref:
@@ -493,19 +588,19 @@ def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first
     from the host; the others receive the hidden state from the previous chip, and all but the last send it on."""
     g = _Graph()
     qp, rows = dims.qp, prompt or 1
-    g.tensor("cos", F32, rows, 2 * qp, W, Role.INPUT)
-    g.tensor("sin", F32, rows, 2 * qp, W, Role.INPUT)
+    for name in ROPE_INPUTS:
+        for side in (W, E):
+            g.tensor(f"{name}_{side.value}", F32, rows, qp + 2 * LANES, side, Role.INPUT)
     if prompt is None:
         g.tensor("pos_w", I16, 1, LANES, W, Role.INPUT)
         g.tensor("pos_e", I16, 1, LANES, E, Role.INPUT)
     if len(layers):
-        g.tensor("qmask", F32, 1, qp, W, Role.CONST, mask_row(dims))
         g.tensor("scores_ones", F16, 2 * qp, qp, W, Role.CONST, score_matrix(dims), interleave=16)
     x = g.tensor("x_in", F32, rows, dims.dp, W, Role.INPUT if first else Role.ACT)
     if not first:
         g.ops.append(Receive(x.name))
-    for i in layers:
-        x = _layer(g, dims, model, i, x, prompt, dtype)
+    for k, i in enumerate(layers):
+        x = _layer(g, dims, model, i, k, x, prompt, dtype)
     if last:
         _head(g, dims, model, x if prompt is None else Ref(x.name, row0=rows - 1, rows=1), dtype)
     else:
@@ -521,20 +616,30 @@ def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = N
     layers shared out as evenly as the capacities allow."""
     band = chip.mem.addresses_per_slice
     width = 1 if dtype == "int8" else 2
-    layer = {h: sum(_weight_vectors(shape, chip, width) for k, shape in layer_shapes(dims).items()
-                    if WEIGHT_SIDE[k] is h) for h in (W, E)}
+    size = {k: _weight_vectors(shape, chip, width) for k, shape in layer_shapes(dims).items()}
     west, total = head_columns(model.config.vocab_size)
     head_need = {W: _weight_vectors((dims.dp, west), chip, width),
                  E: _weight_vectors((dims.dp, total - west), chip, width)}
     ones = {W: _weight_vectors((2 * dims.qp, dims.qp), chip), E: 0}
 
+    def need(n: int, with_head: bool) -> dict[Hemisphere, int]:
+        """Addresses per slice of each hemisphere's weight band for n blocks (sides alternating), and the head."""
+        used = {h: ones[h] + with_head * head_need[h] for h in (W, E)}
+        for k in range(n):
+            for name, h in layer_sides(k).items():
+                used[h] += size[name]
+        return used
+
     def most(with_head: bool) -> int:
-        free = {h: band - ones[h] - with_head * head_need[h] for h in (W, E)}
-        return max(0, min(free[h] // layer[h] for h in (W, E)))
+        n = 0
+        while n < model.config.n_layers and all(v <= band for v in need(n + 1, with_head).values()):
+            n += 1
+        return n
 
     per_chip, on_last = most(False), most(True)
-    if per_chip == 0 or any(head_need[h] > band for h in (W, E)):
-        raise DoesNotFitError(f"one block's MXM weights ({layer[W]} + {layer[E]} vectors per slice) or the head "
+    if per_chip == 0 or any(head_need[h] + ones[h] > band for h in (W, E)):
+        one = need(1, False)
+        raise DoesNotFitError(f"one block's MXM weights ({one[W]} + {one[E]} vectors per slice) or the head "
                               f"({head_need[W]} + {head_need[E]}) do not fit {chip.name}'s {band} addresses per "
                               "slice; use a chip with more SRAM per slice")
     n = model.config.n_layers

@@ -7,7 +7,7 @@ Rules (what the emitters and the hardware need):
   from the VXM, with room at some address, at the lowest such address (first fit keeps the other groups free
   for the tensors an operation must read alongside).
 - Tensors one operation reads (or writes) together in one hemisphere sit on disjoint slices: a slice streams
-  one vector per cycle.
+  one vector per cycle. (A lane mix's x is read a round trip before its terms' rows: only the rows count.)
 - An activation holds its addresses only from the operation that first touches it to the last one; weights,
   constants, inputs, state and outputs hold theirs for the whole program (liveness-based reuse).
 A graph that does not fit raises DoesNotFitError naming the tensor and the hemisphere.
@@ -18,7 +18,17 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from openlpu.compiler.chipgraph import ChipGraph, Matmul, RmsNorm, Role, Scatter, TensorDef, TokenScale, Vxm
+from openlpu.compiler.chipgraph import (
+    ChipGraph,
+    LaneMix,
+    Matmul,
+    RmsNorm,
+    Role,
+    Scatter,
+    TensorDef,
+    TokenScale,
+    Vxm,
+)
 from openlpu.errors import DoesNotFitError, InternalError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Hemisphere
@@ -61,6 +71,8 @@ def together(graph: ChipGraph) -> dict[str, set[str]]:
             groups = [{op.x, op.w}, {op.y, *op.scratch}]
         elif isinstance(op, TokenScale):
             groups = [{op.y, *op.scratch}]
+        elif isinstance(op, LaneMix):  # x may share a term's slices: the emitter reads it in waves
+            groups = [{m.name for _, m in op.terms}]
         else:
             groups = []
         for g in groups:

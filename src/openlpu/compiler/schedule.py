@@ -14,7 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from openlpu.compiler.chipgraph import ChipGraph, Matmul, Receive, RmsNorm, Role, Scatter, Send, TokenScale, Vxm
+from openlpu.compiler.chipgraph import (
+    ChipGraph,
+    LaneMix,
+    Matmul,
+    Receive,
+    RmsNorm,
+    Role,
+    Scatter,
+    Send,
+    TokenScale,
+    Vxm,
+)
 from openlpu.errors import InternalError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Hemisphere
@@ -23,6 +34,7 @@ from openlpu.isa.opcodes import Opcode
 from openlpu.isa.program import Program, Tensor
 from openlpu.isa.types import Direction, DType, QueueId, StreamRef, Unit
 from openlpu.kernels.builder import ProgramBuilder, mem_queue
+from openlpu.kernels.lanemix import Term, emit_lane_mix
 from openlpu.kernels.matmul import emit_matmul
 from openlpu.kernels.quantize import emit_token_scale
 from openlpu.kernels.rmsnorm import emit_rmsnorm
@@ -70,6 +82,8 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
         elif isinstance(op, TokenScale):
             p0, p1 = (placed[s] for s in op.scratch)
             t = emit_token_scale(b, placed[op.x], placed[op.y], (p0, p1), t)
+        elif isinstance(op, LaneMix):
+            t = emit_lane_mix(b, view(op.x), [Term(r, view(m)) for r, m in op.terms], view(op.out), t)
         elif isinstance(op, Scatter):
             t = emit_scatter(b, view(op.src), placed[op.dst], View.of(placed[op.index], lanes), t)
         elif isinstance(op, Send):

@@ -113,21 +113,25 @@ def _place_mem(b: ProgramBuilder, q: QueueId, points: np.ndarray, make) -> None:
         b.place(q, cycle, make(addr, None if stride == 1 else stride), count, interval)
 
 
-def _ways(view: View) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Per slice group (way) the view touches: (way, indices k of its vectors, their addresses)."""
+def _ways(view: View, part: tuple[int, int] | None = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Per slice group (way) the view touches: (way, offsets k - k0 of its vectors k in `part` (all: k0 = 0),
+    their addresses)."""
     p, t = view.tensor.placement, view.tensor
-    k = np.arange(view.count)
+    k0, k1 = part or (0, view.count)
+    k = np.arange(k0, k1)
     block = view.block0 + (k // view.rows) * view.block_step
     row = view.row0 + (k % view.rows) * view.step
     way = row % p.interleave
     addr = p.address + block * t.rows_per_group() + row // p.interleave
-    return [(w, k[way == w], addr[way == w]) for w in np.unique(way).tolist()]
+    return [(w, k[way == w] - k0, addr[way == w]) for w in np.unique(way).tolist()]
 
 
-def read_view(b: ProgramBuilder, view: View, ref: StreamRef, target: int, arrive: int) -> None:
-    """Read `view` onto stream group `ref` so that vector k reaches position `target` in cycle `arrive + k`."""
+def read_view(b: ProgramBuilder, view: View, ref: StreamRef, target: int, arrive: int,
+              part: tuple[int, int] | None = None) -> None:
+    """Read `view` onto stream group `ref` so that vector k reaches position `target` in cycle `arrive + k`
+    (with `part` = (k0, k1): only vectors k0 .. k1 - 1, vector k in cycle `arrive + k - k0`)."""
     lat = b.chip.mem.read_latency_cycles
-    for way, ks, addrs in _ways(view):
+    for way, ks, addrs in _ways(view, part):
         for byte in range(view.dtype.width_bytes):
             q = mem_queue(view.hemisphere, view.slice_of(way, byte))
             cycles = b.issue_to_arrive(q, lat, target, arrive) + ks
@@ -136,11 +140,13 @@ def read_view(b: ProgramBuilder, view: View, ref: StreamRef, target: int, arrive
                        lambda addr, stride, out=out: Instruction(op=Opcode.READ, addr=addr, out=out, stride=stride))
 
 
-def write_view(b: ProgramBuilder, ref: StreamRef, diagonal: int, view: View) -> int:
-    """Write a train on `ref` into `view`: vector k is at position q in cycle `diagonal + q * step + k`.
-    Returns the first cycle after the last commit."""
+def write_view(b: ProgramBuilder, ref: StreamRef, diagonal: int, view: View,
+               part: tuple[int, int] | None = None) -> int:
+    """Write a train on `ref` into `view`: vector k is at position q in cycle `diagonal + q * step + k` (with
+    `part` = (k0, k1): vectors k0 .. k1 - 1 only, vector k in cycle `diagonal + q * step + k - k0`). Returns the
+    first cycle after the last commit."""
     step, done = ref.direction.step, 0
-    for way, ks, addrs in _ways(view):
+    for way, ks, addrs in _ways(view, part):
         for byte in range(view.dtype.width_bytes):
             q = mem_queue(view.hemisphere, view.slice_of(way, byte))
             cycles = diagonal + b.position(q) * step + ks
@@ -166,7 +172,7 @@ def stream_groups(widths: list[int]) -> list[int]:
     return out
 
 
-def _far(b: ProgramBuilder, views: list[View], target: int) -> int:
+def far_read(b: ProgramBuilder, views: list[View], target: int) -> int:
     """Cycles from a read's issue to its vector reaching `target`, for the slowest slice of `views`."""
     far = 0
     for v in views:
@@ -193,7 +199,7 @@ def emit_vxm(b: ProgramBuilder, op: Opcode, dtype: DType, inputs: list[View], ou
     widths = [v.dtype.width_bytes for v in inputs] + [(to or dtype).width_bytes]
     firsts = stream_groups(widths)
     refs = [StreamRef(d, s) for s in firsts]
-    issue = start + _far(b, inputs, here)
+    issue = start + far_read(b, inputs, here)
     for v, ref in zip(inputs, refs):
         read_view(b, v, ref, here, issue)
     operands = dict(zip(("a", "b"), refs[:-1]))
@@ -217,7 +223,7 @@ def emit_scatter(b: ProgramBuilder, src: View, dst: Tensor, index: View, start: 
     first_data, first_map = stream_groups([width, 2])
     slices = [dst.placement.first_slice + byte for byte in range(width)]
     target = min((b.position(mem_queue(dst.placement.hemisphere, s)) for s in slices), key=lambda p: p * d.step)
-    arrive = start + _far(b, [src, index], target)
+    arrive = start + far_read(b, [src, index], target)
     read_view(b, src, StreamRef(d, first_data), target, arrive)
     read_view(b, index.broadcast(src.count) if index.count == 1 else index, StreamRef(d, first_map), target, arrive)
     done = 0
