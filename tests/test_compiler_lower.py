@@ -142,6 +142,14 @@ def test_int8_layout_quantises_each_output_column():
     assert np.all(scale[dims.qdim:dims.qp] == 1)  # padding columns: all zero, scale 1
 
 
+def test_the_scores_matmul_skips_the_head_sum_matrix_tiles_that_are_all_zero():
+    model = our_model(1)
+    graph = lower_chip(model, Dims(model.config, 16), 0, range(1), first=True, last=True)
+    (scores,) = [op for op in graph.ops if isinstance(op, Matmul) and op.w == "scores_ones"]
+    # [hi0 hi1 lo0 lo1] x [n0 n1]: heads stay in their block, but the mask lane (block 1) reaches every head
+    assert scores.skip == {(0, 1), (2, 1)}
+
+
 def test_chips_pass_the_hidden_state_along_and_only_the_last_has_the_head():
     model, dims = our_model(2), Dims(our_model(2).config, 16)
     first = lower_chip(model, dims, 0, range(0, 1), first=True, last=False)

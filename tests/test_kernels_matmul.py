@@ -11,6 +11,7 @@ from openlpu.errors import ProgramError
 from openlpu.hardware import load_chip
 from openlpu.isa import DType
 from openlpu.kernels import matmul
+from openlpu.kernels.matmul import zero_tiles
 
 CHIP = load_chip("groqchip1")
 SHAPES = [(1, 1, 1), (3, 100, 50), (2, 320, 320), (4, 700, 650), (2, 333, 961), (330, 40, 30)]
@@ -92,3 +93,23 @@ def test_matmul_on_a_chip_with_too_few_slices():
         matmul(small, np.ones((1, 8)), np.ones((8, 4)), DType.INT8)
     assert str(info.value) == ("matmul: a hemisphere needs 40 MEM slices (a, c, then 32 weight streams), chip "
                                "groqchip1 has 30")
+
+
+@pytest.mark.parametrize("dtype", [DType.INT8, DType.FP16], ids=lambda d: d.value)
+def test_all_zero_tiles_are_skipped_exactly_and_cost_no_cycles(dtype):
+    rng = np.random.default_rng(5)
+    a, b = _inputs(rng, 3, 960, 640, dtype)
+    b = np.array(b)
+    b[320:640, :320] = 0  # K tile 1 of N tile 0
+    b[:320, 320:] = 0  # K tile 0 of N tile 1: its sum starts at K tile 1
+    assert zero_tiles(b) == {(1, 0), (0, 1)}
+    dense, sparse = matmul(CHIP, a, b, dtype), matmul(CHIP, a, b, dtype, skip_zero_tiles=True)
+    (fast, cycles), (exact, result) = sparse.run_fast(), sparse.run(CHIP)
+    assert result.checks_passed and result.cycles == cycles
+    assert np.array_equal(fast, exact)
+    assert cycles < dense.predicted_cycles
+
+
+def test_an_n_tile_with_every_k_tile_skipped_is_refused():
+    with pytest.raises(ProgramError, match="every K tile of an N tile is skipped"):
+        matmul(CHIP, np.ones((1, 320)), np.zeros((320, 320)), DType.FP16, skip_zero_tiles=True)

@@ -7,7 +7,8 @@ vectors of a tensor in the order a train carries them (see `openlpu.kernels.vect
 
 Operations:
     Vxm      out = op(ins...) elementwise on one ALU; inputs in one hemisphere, output in the other
-    Matmul   c = a @ w on the MXM of their hemisphere (fp16 in, fp32 out; int8 in, int32 out)
+    Matmul   c = a @ w on the MXM of their hemisphere (fp16 in, fp32 out; int8 in, int32 out), skipping the
+             tiles of a constant w that are all zero
     RmsNorm  y = rmsnorm(x, w) over the first n columns (x, w west; y east)
     TokenScale  y = max(max|x|, floor) / 127 per row of x, in every lane (x west; y east): int8 activations
     LaneMix  out = sum_i m_i * rotate(x, r_i): lane rotations through the SXM, weighted by rows (RoPE, KV heads)
@@ -109,6 +110,7 @@ class Matmul:
     a: str
     w: str
     c: str
+    skip: frozenset[tuple[int, int]] = frozenset()  # (K tile, N tile) pairs of w that are all zero: skipped
 
     def reads(self) -> tuple[str, ...]:
         return (self.a, self.w)
@@ -117,7 +119,8 @@ class Matmul:
         return (self.c,)
 
     def __str__(self) -> str:
-        return f"matmul {self.c} <- {self.a} @ {self.w}"
+        skip = f" skip={sorted(self.skip)}" if self.skip else ""
+        return f"matmul {self.c} <- {self.a} @ {self.w}{skip}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,17 +76,31 @@ def vxm(op: Vxm, a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return nx.vxm_binary(op.op, a, second, op.dtype)
 
 
-def matmul(a: np.ndarray, w: np.ndarray, slots: int, tile: Callable[[int], tuple]) -> np.ndarray:
+def matmul(a: np.ndarray, w: np.ndarray, slots: int, tile: Callable[[int], tuple],
+           skip: frozenset[tuple[int, int]] = frozenset()) -> np.ndarray:
     """`fast_matmul`'s arithmetic, all N tiles of a K tile in one pass call (each column is its own exact sum,
     so grouping columns changes nothing): passes folded in K order, rows in blocks of `slots`. Each pass is
-    `mxm_pass_fp16` (bit-identical to `mxm_pass`, faster for the few rows of a decode step)."""
+    `mxm_pass_fp16` (bit-identical to `mxm_pass`, faster for the few rows of a decode step). `skip`: the (K tile,
+    N tile) pairs the schedule skips (all-zero tiles): they add nothing, and an N tile's sum starts at its first
+    other K tile."""
     out = np.empty((a.shape[0], w.shape[1]), np.float32)
     for m0 in range(0, a.shape[0], slots):
         acc = None
+        started = np.zeros(w.shape[1] // LANES, bool)
         for kt in range(a.shape[1] // LANES):
             k = slice(kt * LANES, (kt + 1) * LANES)
             product = nx.mxm_pass_fp16(a[m0:m0 + slots, k], *tile(kt))
-            acc = product if acc is None else nx.accumulate(acc, product, DType.FP16)
+            if not skip:
+                acc = product if acc is None else nx.accumulate(acc, product, DType.FP16)
+                continue
+            acc = np.zeros_like(product) if acc is None else acc
+            for nt in range(len(started)):
+                if (kt, nt) in skip:
+                    continue
+                cols = slice(nt * LANES, (nt + 1) * LANES)
+                acc[:, cols] = nx.accumulate(acc[:, cols], product[:, cols], DType.FP16) if started[nt] else \
+                    product[:, cols]
+                started[nt] = True
         out[m0:m0 + slots] = acc
     return out
 
@@ -167,7 +181,7 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
                     tiles[key] = (values, np.abs(values).astype(np.float32), nonzero_blocks(values))
                 return tiles[key]
 
-            env[op.c] = matmul(env[op.a], w, slots, tile)
+            env[op.c] = matmul(env[op.a], w, slots, tile, op.skip)
         elif isinstance(op, RmsNorm):
             env[op.y] = fast_rmsnorm(env[op.x], env[op.w], op.n, op.eps, LANES)
         elif isinstance(op, TokenScale):

@@ -65,6 +65,7 @@ from openlpu.hardware.geometry import Hemisphere
 from openlpu.ir.interpret import rope_tables
 from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType
+from openlpu.kernels.matmul import zero_tiles
 
 LANES = 320
 F16, F32, I8, I16, I32 = DType.FP16, DType.FP32, DType.INT8, DType.INT16, DType.INT32
@@ -231,6 +232,12 @@ def score_matrix(dims: Dims) -> np.ndarray:
     return np.concatenate([one, one])
 
 
+@functools.cache
+def _score_skip(dims: Dims) -> frozenset[tuple[int, int]]:
+    """The head-sum matrix's all-zero tiles (heads never cross a 320-lane block): the matmul skips them."""
+    return zero_tiles(score_matrix(dims))
+
+
 def mask_row(dims: Dims) -> np.ndarray:
     """Added to q: MASK_SCORE in the mask lane, 0 elsewhere."""
     row = np.zeros((1, dims.qp), np.float32)
@@ -368,13 +375,14 @@ class _Graph:
         t = self.tensors[r.name]
         return self.vxm(Opcode.COPY, t.dtype, [r], f"{r.name}_to{h.value}")
 
-    def matmul(self, a: Ref, w: Ref, stem: str, interleave: int = 1) -> Ref:
+    def matmul(self, a: Ref, w: Ref, stem: str, interleave: int = 1,
+               skip: frozenset[tuple[int, int]] = frozenset()) -> Ref:
         h = self.side(w)
         a = self.ensure(a, h)
         rows, _ = self.shape(a)
         out = I32 if self.tensors[w.name].dtype is I8 else F32
         c = self.temp(stem, out, rows, self.tensors[w.name].blocks, h, interleave)
-        self.ops.append(Matmul(a.name, w.name, c.name))
+        self.ops.append(Matmul(a.name, w.name, c.name, skip))
         return c
 
     def quantize(self, x: Ref, stem: str) -> tuple[Ref, Ref]:
@@ -538,7 +546,7 @@ def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref) -> Ref:
     split = g.temp(p + "qk_split", F16, rows, 2 * qb, W)
     g.vxm(Opcode.CAST, F32, [rest], "", to=F16, out=Ref(split.name, qb, qb))
     g.vxm(Opcode.COPY, F16, [hi], "", out=Ref(split.name, 0, qb))
-    scores = g.matmul(split, Ref("scores_ones"), p + "scores", interleave=2)
+    scores = g.matmul(split, Ref("scores_ones"), p + "scores", interleave=2, skip=_score_skip(dims))
     top = g.tree(Opcode.MAX, scores, p + "max")
     shifted = g.vxm(Opcode.SUB, F32, [scores, _broadcast(g, top, scores, rows)], p + "shifted")
     e = g.vxm(Opcode.EXP, F32, [shifted], p + "exp", interleave=2)

@@ -75,7 +75,7 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
         if isinstance(op, Vxm):
             t = emit_vxm(b, op.op, op.dtype, [view(r) for r in op.ins], view(op.out), t, imm=op.imm, to=op.to)
         elif isinstance(op, Matmul):
-            t = emit_matmul(b, placed[op.a], placed[op.w], placed[op.c], t)
+            t = emit_matmul(b, placed[op.a], placed[op.w], placed[op.c], t, skip=op.skip)
         elif isinstance(op, RmsNorm):
             inv, p0, p1 = (placed[s] for s in op.scratch)
             t = emit_rmsnorm(b, placed[op.x], placed[op.w], placed[op.y], inv, (p0, p1), op.n, op.eps, t)

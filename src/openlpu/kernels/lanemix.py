@@ -19,7 +19,8 @@ hemisphere:
 
 and mirrored for an east x. A term's rows: any view with as many vectors as x's (a broadcast row, a row per
 position, a block repeated), each on its own slices (they are read in the same cycles). x may sit on a term's
-slices: it is read a round trip earlier, and a train longer than that round trip runs in waves. Numerics: every product and sum is one fp32 VXM operation, in the order above
+slices: it is read a round trip earlier, and a train longer than that round trip runs in waves. Numerics: every
+product and sum is one fp32 VXM operation, in the order above
 (((t0 + t1) + (t2 + t3)), ((t0 + t1) + t2)), which `fast_lane_mix` repeats.
 """
 

@@ -66,8 +66,10 @@ class _Shape:
         return DType.INT32 if self.dtype is DType.INT8 else DType.FP32
 
 
-def matmul(chip: Chip, a: np.ndarray, b: np.ndarray, dtype: DType, *, name: str = "matmul") -> Kernel:
-    """A kernel computing a @ b on `chip`; `a` is [M, K], `b` is [K, N], both converted to `dtype`."""
+def matmul(chip: Chip, a: np.ndarray, b: np.ndarray, dtype: DType, *, skip_zero_tiles: bool = False,
+           name: str = "matmul") -> Kernel:
+    """A kernel computing a @ b on `chip`; `a` is [M, K], `b` is [K, N], both converted to `dtype`; with
+    `skip_zero_tiles`, b's all-zero 320 x 320 tiles are neither loaded nor streamed through."""
     if dtype not in (DType.INT8, DType.FP16):
         raise ProgramError(f"matmul: the MXM multiplies int8 or fp16, not {dtype.value}")
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
@@ -81,22 +83,24 @@ def matmul(chip: Chip, a: np.ndarray, b: np.ndarray, dtype: DType, *, name: str 
         if len(mine):
             cols = slice(mine[0] * shape.lanes, min(shape.n, (mine[-1] + 1) * shape.lanes))
             parts.append((h, cols))
-            inputs.update(_half(builder, shape, h, a, b[:, cols], cols.stop - cols.start))
+            inputs.update(_half(builder, shape, h, a, b[:, cols], cols.stop - cols.start, skip_zero_tiles))
     halves = [h.value for h, _ in parts]
     return Kernel(
         program=builder.build(),
         predicted_cycles=builder.predicted_cycles(),
         inputs=inputs,
         assemble=lambda t: np.concatenate([t[f"c_{h}"] for h in halves], axis=1),
-        fast=lambda x: np.concatenate([fast_matmul(x[f"a_{h}"], x[f"b_{h}"], dtype, shape.slots) for h in halves],
-                                      axis=1),
+        fast=lambda x: np.concatenate([fast_matmul(x[f"a_{h}"], x[f"b_{h}"], dtype, shape.slots,
+                                                   skip=zero_tiles(x[f"b_{h}"]) if skip_zero_tiles else frozenset())
+                                       for h in halves], axis=1),
     )
 
 
-def fast_matmul(a: np.ndarray, b: np.ndarray, dtype: DType, slots: int, lanes: int = 320) -> np.ndarray:
+def fast_matmul(a: np.ndarray, b: np.ndarray, dtype: DType, slots: int, lanes: int = 320,
+                skip: frozenset[tuple[int, int]] = frozenset()) -> np.ndarray:
     """What one hemisphere's MXM computes for `emit_matmul`, pass by pass: each `lanes`-deep pass with `mxm_pass`,
-    passes folded into the accumulator in K order, rows in blocks of `slots` as the schedule does. `a` is
-    [M, K] with K a multiple of `lanes`."""
+    passes folded into the accumulator in K order (the `skip`ped tiles left out), rows in blocks of `slots` as the
+    schedule does. `a` is [M, K] with K a multiple of `lanes`."""
     s = _Shape(a.shape[0], a.shape[1], b.shape[1], dtype, lanes, slots)
     n = b.shape[1]
     w = np.zeros((s.k_padded, math.ceil(n / lanes) * lanes), b.dtype)
@@ -107,13 +111,16 @@ def fast_matmul(a: np.ndarray, b: np.ndarray, dtype: DType, slots: int, lanes: i
         for n0 in range(0, w.shape[1], lanes):
             acc = None
             for k0 in range(0, s.k_padded, lanes):
+                if (k0 // lanes, n0 // lanes) in skip:
+                    continue
                 product = nx.mxm_pass(a[rows, k0:k0 + lanes], w[k0:k0 + lanes, n0:n0 + lanes], s.dtype)
                 acc = product if acc is None else nx.accumulate(acc, product, s.dtype)
             out[rows, n0:n0 + lanes] = acc
     return out[:, :n]
 
 
-def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: np.ndarray, n: int) -> dict:
+def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: np.ndarray, n: int,
+          skip_zero_tiles: bool) -> dict:
     chip = builder.chip
     b_slice = chip.mem.slices_per_hemisphere - chip.streams.streams_per_direction
     if b_slice < C_SLICE + 4:
@@ -128,8 +135,8 @@ def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: n
     tc = Tensor(name=f"c_{h.value}", dtype=s.out_dtype, rows=s.m, cols=n,
                 placement=Placement(hemisphere=h, first_slice=C_SLICE, address=0))
     builder.tensors += [ta, tb, tc]
-    emit_matmul(builder, ta, tb, tc)
     pad = np.zeros((s.k_padded - s.k,) + b.shape[1:])
+    emit_matmul(builder, ta, tb, tc, skip=zero_tiles(np.concatenate([b, pad])) if skip_zero_tiles else frozenset())
     inputs = {
         ta.name: np.pad(a, ((0, 0), (0, s.k_padded - s.k))).astype(s.dtype.numpy),
         tb.name: np.concatenate([b, pad]).astype(s.dtype.numpy),
@@ -138,18 +145,35 @@ def _half(builder: ProgramBuilder, s: _Shape, h: Hemisphere, a: np.ndarray, b: n
     return inputs
 
 
-def emit_matmul(builder: ProgramBuilder, a: Tensor, w: Tensor, c: Tensor, start: int = 0) -> int:
+def emit_matmul(builder: ProgramBuilder, a: Tensor, w: Tensor, c: Tensor, start: int = 0,
+                skip: frozenset[tuple[int, int]] = frozenset()) -> int:
     """Schedule c = a @ w on the MXM of the tensors' hemisphere, no instruction issuing before `start`; returns
     the first cycle after everything has landed (c is in SRAM, the streams are quiet).
 
     The tensors may sit anywhere in that hemisphere, given: a [M, K] int8/fp16 row-major (K a multiple of 320);
     w [K, N] of a's type in the MXM layout (interleave 32 / width: one weight row per inbound stream per cycle,
-    over 32 consecutive slices); c [M, N] int32/fp32 row-major.
+    over 32 consecutive slices); c [M, N] int32/fp32 row-major. `skip`: (K tile, N tile) pairs whose weights are
+    all zero (`zero_tiles`): not loaded, not streamed through — each N tile's sum starts at its first other K
+    tile.
     """
     s = _contract(builder.chip, a, w, c)
+    kept = [[kt for kt in range(s.k_tiles) if (kt, nt) not in skip] for nt in range(s.n_tiles)]
+    if not all(kept):
+        raise ProgramError(f"matmul {a.name} @ {w.name}: every K tile of an N tile is skipped; give its zeros "
+                           "another way")
     mark = builder.mark()
-    _schedule(builder, s, a, w, c, start)
+    _schedule(builder, s, a, w, c, start, kept)
     return builder.done_since(mark)
+
+
+def zero_tiles(w: np.ndarray, lanes: int = 320) -> frozenset[tuple[int, int]]:
+    """(K tile, N tile) pairs of a weight [K, N] whose lanes x lanes tile is all zero."""
+    k, n = w.shape
+    nonzero = np.zeros((math.ceil(k / lanes), math.ceil(n / lanes)), bool)
+    for kt in range(nonzero.shape[0]):
+        for nt in range(nonzero.shape[1]):
+            nonzero[kt, nt] = w[kt * lanes:(kt + 1) * lanes, nt * lanes:(nt + 1) * lanes].any()
+    return frozenset((int(kt), int(nt)) for kt, nt in zip(*np.nonzero(~nonzero)))
 
 
 def _contract(chip: Chip, a: Tensor, w: Tensor, c: Tensor) -> _Shape:
@@ -187,7 +211,8 @@ def _check(s: _Shape, c: str, a: np.ndarray, b: np.ndarray, a_name: str, b_name:
     return Check(target=c, mode=CheckMode.CLOSE, expr=expr, rtol=0.0, atol=2 * s.k_tiles * 2.0**-24 * scale)
 
 
-def _schedule(builder: ProgramBuilder, s: _Shape, a: Tensor, w: Tensor, c: Tensor, start: int) -> None:
+def _schedule(builder: ProgramBuilder, s: _Shape, a: Tensor, w: Tensor, c: Tensor, start: int,
+              kept: list[list[int]]) -> None:
     chip, h = builder.chip, a.placement.hemisphere
     width, rows = s.dtype.width_bytes, lw_rows(chip, s.dtype)
     lw_cycles = chip.mxm.plane_rows // rows
@@ -202,7 +227,7 @@ def _schedule(builder: ProgramBuilder, s: _Shape, a: Tensor, w: Tensor, c: Tenso
     for m0 in range(0, s.m, s.slots):
         mc = min(s.slots, s.m - m0)
         for nt in range(math.ceil(s.n / s.lanes)):
-            for kt in range(s.k_tiles):
+            for kt in kept[nt]:
                 for j in range(chip.streams.streams_per_direction):
                     q = mem_queue(h, w.placement.first_slice + j)
                     addr = w.placement.address + nt * group_rows + kt * lw_cycles
@@ -217,7 +242,7 @@ def _schedule(builder: ProgramBuilder, s: _Shape, a: Tensor, w: Tensor, c: Tenso
                     builder.place(q, builder.issue_to_arrive(q, read_lat, target, first),
                                   Instruction(op=Opcode.READ, addr=addr, out=StreamRef(d_in, byte)), mc, gap)
                 builder.place(mxm, first, Instruction(op=Opcode.ABC, plane=0, dtype=s.dtype, a=StreamRef(d_in, 0),
-                                                      slot=0, accumulate=kt > 0), mc, gap)
+                                                      slot=0, accumulate=kt != kept[nt][0]), mc, gap)
                 t = first + (mc - 1) * gap + 1
             drain = max(t - 1 + chip.mxm.abc_latency_cycles, drained)
             _drain(builder, c, acc_q, drain, View(c, nt, 1, m0, mc), d_out)
