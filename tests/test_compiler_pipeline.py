@@ -1,12 +1,15 @@
-"""The pipeline: stages dump as text, a compiled model is cached on disk, fp16 only (for now) with a clear error."""
+"""The pipeline: stages dump as text, a compiled model is cached on disk, the chip count grows until the whole job
+fits, unknown types get a clear error."""
 
 from __future__ import annotations
 
 import pytest
-from frontend_refs import truncated_path
+from frontend_refs import our_model, truncated_path
 
+from openlpu.compiler import pipeline
+from openlpu.compiler.lower import Dims, split_layers
 from openlpu.compiler.pipeline import compile_model, dump
-from openlpu.errors import ConfigError
+from openlpu.errors import ConfigError, DoesNotFitError
 from openlpu.hardware.chip import load_chip
 from openlpu.isa.asm import parse_program
 from openlpu.runtime.session import Fidelity, open_session
@@ -47,3 +50,29 @@ def test_a_second_compile_comes_from_the_disk_cache(tmp_path, monkeypatch):
 def test_an_unknown_dtype_is_refused_with_what_to_do():
     with pytest.raises(ConfigError, match="emits fp16 or int8 programs; choose one"):
         compile_model(truncated_path(1), CHIP, dtype="bf16", context=16)
+
+
+def test_the_chip_count_grows_until_the_kv_caches_and_activations_fit_beside_the_weights():
+    model = our_model(8)
+    assert len(split_layers(model, Dims(model.config, 1024), CHIP)) == 1  # by weights alone: one chip
+    c = compile_model(model, CHIP, context=1024)
+    assert c.chips == 2 and [len(g.layers) for g in c.graphs] == [4, 4]
+    with pytest.raises(DoesNotFitError, match="finds no room"):
+        compile_model(model, CHIP, context=1024, chips=1)
+
+
+def test_a_prefill_that_does_not_fit_beside_the_decode_step_takes_one_chip_more(monkeypatch):
+    place_all, refused = pipeline._place, []
+
+    def prefill_refused_once(graphs, chip, shared):
+        if shared[0] is not None and not refused:  # the prefill keeps the decode step's placements
+            refused.append(len(graphs))
+            raise DoesNotFitError("no room (test)")
+        return place_all(graphs, chip, shared)
+
+    monkeypatch.setattr(pipeline, "_place", prefill_refused_once)
+    c = compile_model(our_model(2), CHIP, context=16, prompt=3)
+    assert refused == [1] and c.chips == 2 and c.prefill is not None and len(c.prefill.graphs) == 2
+    refused.clear()
+    with pytest.raises(DoesNotFitError, match="no room"):  # the chips asked for: the placement's own error
+        compile_model(our_model(2), CHIP, context=16, prompt=3, chips=1)

@@ -26,7 +26,7 @@ from openlpu.compiler.chipgraph import ChipGraph, Role
 from openlpu.compiler.lower import Dims, check_model, lower_chip, split_layers
 from openlpu.compiler.place import check, kept, place, used_bytes
 from openlpu.compiler.schedule import Scheduled, link_arrivals, schedule
-from openlpu.errors import ConfigError, InternalError
+from openlpu.errors import ConfigError, DoesNotFitError, InternalError
 from openlpu.frontends.gguf import GGUFModel, load_gguf
 from openlpu.frontends.llama import LlamaConfig
 from openlpu.frontends.models import default_model_path
@@ -96,15 +96,31 @@ def compile_model(model: str | Path | GGUFModel | None, chip: Chip, *, dtype: st
     """Compile the decode step of a llama GGUF model (default: the embedded SmolLM2) for `chip`s, and with
     `prompt` the prefill of that many tokens. A model given by path is compiled once per (file, chip, options,
     compiler source) and then read from the disk cache; `programs=False` leaves the instruction listings on disk
-    (the fast path does not read them: `Scheduled.program` is then None)."""
+    (the fast path does not read them: `Scheduled.program` is then None).
+
+    With `chips` unset, the chips are the fewest that hold the job: the weights, and beside them the KV caches and
+    the activations of the decode step and of the prefill."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype}: the chip compiler emits {' or '.join(DTYPES)} programs; choose one")
     if prompt is not None and not 1 <= prompt < context:
         raise ConfigError(f"a prompt of {prompt} tokens does not fit a context of {context} positions with room "
                           "for a reply; compile a longer --context")
+    return _compile_job(model, chip, dtype, context, n_layers, chips, prompt, programs, grow=chips is None)
+
+
+def _compile_job(model: str | Path | GGUFModel | None, chip: Chip, dtype: str, context: int, n_layers: int | None,
+                 chips: int | None, prompt: int | None, programs: bool, grow: bool) -> CompiledModel:
+    """`compile_model` after its checks; `grow`: on one chip more when the prefill does not fit the decode
+    step's chips."""
     if isinstance(model, GGUFModel):
         decode = _compile(model, chip, dtype, context, chips)
-        return decode if prompt is None else dataclasses.replace(decode, prefill=_prefill(model, decode, prompt))
+        if prompt is None:
+            return decode
+        prefill = _prefill(model, decode, prompt, grow)
+        if prefill is None:
+            return _compile_job(model, chip, dtype, context, n_layers, _one_more(decode, prompt, grow), prompt,
+                                programs, grow)
+        return dataclasses.replace(decode, prefill=prefill)
     path = Path(model) if model is not None else default_model_path()
     key = {"model": file_identity(path), "chip": chip, "dtype": dtype, "context": context, "n_layers": n_layers,
            "chips": chips}
@@ -122,12 +138,15 @@ def compile_model(model: str | Path | GGUFModel | None, chip: Chip, *, dtype: st
     if prompt is None:
         return decode
 
-    def make_prefill() -> Programs:
-        made["prefill"] = _prefill(load(), decode, prompt)
+    def make_prefill() -> Programs | None:
+        made["prefill"] = _prefill(load(), decode, prompt, grow)
         return made["prefill"]
 
     pkey = {**key, "prompt": prompt}
     prefill = cached("prefill", pkey, lambda: _without_programs(make_prefill()))
+    if prefill is None:  # remembered: the prompt's work does not fit beside the decode step on these chips
+        return _compile_job(path, chip, dtype, context, n_layers, _one_more(decode, prompt, grow), prompt, programs,
+                            grow)
     if programs:
         listing = cached("prefill-programs", pkey, lambda: _programs(made.get("prefill") or make_prefill()))
         prefill = _with_programs(prefill, listing)
@@ -143,6 +162,8 @@ def _programs(c: CompiledModel | Programs) -> tuple[Program, ...]:
 
 
 def _without_programs(c):
+    if c is None:
+        return None
     return dataclasses.replace(c, scheduled=tuple(dataclasses.replace(s, program=None) for s in c.scheduled))
 
 
@@ -151,13 +172,35 @@ def _with_programs(c, listing: tuple[Program, ...]):
                                                   for s, p in zip(c.scheduled, listing)))
 
 
+def _one_more(decode: CompiledModel, prompt: int, grow: bool) -> int:
+    """The chip count to try when the prefill of `prompt` tokens does not fit beside `decode` on its chips."""
+    where = f"the prefill of {prompt} tokens does not fit beside the decode step on {decode.chips} {decode.chip.name}"
+    if not grow:
+        raise DoesNotFitError(f"{where} chips; ask for more chips (or leave the count to the compiler), or a "
+                              "shorter prompt or context")
+    if decode.chips >= decode.n_layers:
+        raise DoesNotFitError(f"{where} chips, one block each; compile a shorter prompt or context")
+    return decode.chips + 1
+
+
 def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int | None) -> CompiledModel:
+    """The decode step on `chips` chips, or on the fewest that hold it: weight capacity gives a first count
+    (`split_layers`), and while the KV caches and activations do not fit beside the weights, one chip more."""
     dims = Dims(model.config, context)
     check_model(model.config, context)
-    ranges = split_layers(model, dims, chip, chips, dtype)
-    graphs = tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1, dtype=dtype)
-                   for i, r in enumerate(ranges))
-    placements, scheduled = _emit(graphs, chip, (None,) * len(graphs), "step")
+    count = chips
+    while True:
+        ranges = split_layers(model, dims, chip, count, dtype)
+        graphs = tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1, dtype=dtype)
+                       for i, r in enumerate(ranges))
+        try:
+            placed = _place(graphs, chip, (None,) * len(graphs))
+            break
+        except DoesNotFitError:
+            if chips is not None or len(ranges) >= model.config.n_layers:
+                raise
+            count = len(ranges) + 1
+    placements, scheduled = _emit(graphs, chip, placed, "step")
     sram = chip.mem.slices_per_hemisphere * 2 * chip.mem.addresses_per_slice * chip.lanes.lanes
     reports = tuple(ChipReport(g.index, g.layers, used_bytes(p, chip), sram, _what(g, p, chip, len(graphs)))
                     for g, p in zip(graphs, placements))
@@ -167,31 +210,46 @@ def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int 
                          tuple(placements), tuple(scheduled))
 
 
-def _prefill(model: GGUFModel, decode: CompiledModel, prompt: int) -> Programs:
+def _prefill(model: GGUFModel, decode: CompiledModel, prompt: int, grow: bool = False) -> Programs | None:
     """The prefill programs for the decode step's chips and layer split, its weights, constants and KV caches
-    where the decode step has them (so the graphs carry no data of their own)."""
+    where the decode step has them (so the graphs carry no data of their own). With `grow`, None when its
+    activations do not fit beside them (the caller compiles for one chip more); else that raises."""
     n = len(decode.graphs)
     graphs = tuple(dataclasses.replace(lower_chip(model, decode.dims, i, g.layers, first=i == 0, last=i == n - 1,
                                                   prompt=prompt, dtype=decode.dtype), data={})
                    for i, g in enumerate(decode.graphs))
     shared = tuple(kept(g, p) for g, p in zip(decode.graphs, decode.placements))
-    return Programs(prompt, graphs, *_emit(graphs, decode.chip, shared, "prefill"))
+    try:
+        placed = _place(graphs, decode.chip, shared)
+    except DoesNotFitError:
+        if grow:
+            return None
+        raise
+    return Programs(prompt, graphs, *_emit(graphs, decode.chip, placed, "prefill"))
 
 
-def _emit(graphs: tuple[ChipGraph, ...], chip: Chip, shared: tuple[dict[str, Tensor] | None, ...],
-          name: str) -> tuple[tuple[dict[str, Tensor], ...], tuple[Scheduled, ...]]:
-    """Place, check, schedule and verify each chip's graph, chips in pipeline order (a receiver is timed from
-    its sender). `shared`: per chip, placements that weights, constants and state must keep."""
-    placements, scheduled, arrivals = [], [], ()
+def _place(graphs: tuple[ChipGraph, ...], chip: Chip, shared: tuple[dict[str, Tensor] | None, ...]
+           ) -> tuple[dict[str, Tensor], ...]:
+    """Place and check every chip's graph (`shared`: per chip, placements that weights, constants and state must
+    keep); DoesNotFitError when a tensor finds no room."""
+    placements = []
     for g, fixed in zip(graphs, shared):
-        placed = place(g, chip, fixed)
-        check(g, placed, chip)
+        placements.append(place(g, chip, fixed))
+        check(g, placements[-1], chip)
+    return tuple(placements)
+
+
+def _emit(graphs: tuple[ChipGraph, ...], chip: Chip, placements: tuple[dict[str, Tensor], ...],
+          name: str) -> tuple[tuple[dict[str, Tensor], ...], tuple[Scheduled, ...]]:
+    """Schedule and verify each chip's placed graph, chips in pipeline order (a receiver is timed from its
+    sender)."""
+    scheduled, arrivals = [], ()
+    for g, placed in zip(graphs, placements):
         s = schedule(g, placed, chip, arrivals=arrivals, name=name)
         _verify(s, chip)
         arrivals = link_arrivals(chip, s.sent)
-        placements.append(placed)
         scheduled.append(s)
-    return tuple(placements), tuple(scheduled)
+    return placements, tuple(scheduled)
 
 
 def _verify(s: Scheduled, chip: Chip) -> None:

@@ -5,7 +5,8 @@ Rules (what the emitters and the hardware need):
   nearest their hemisphere's MXM, stacked from address 0.
 - Every other tensor takes one group of 4 slices (fp32 interleaved by 2: two groups): the first group, counted
   from the VXM, with room at some address, at the lowest such address (first fit keeps the other groups free
-  for the tensors an operation must read alongside).
+  for the tensors an operation must read alongside); KV caches try the weight band's slices first, then count
+  from the band inward.
 - Tensors one operation reads (or writes) together in one hemisphere sit on disjoint slices: a slice streams
   one vector per cycle. (A lane mix's x is read a round trip before its terms' rows: only the rows count.)
 - An activation holds its addresses only from the operation that first touches it to the last one; weights,
@@ -130,7 +131,7 @@ def place(graph: ChipGraph, chip: Chip, fixed: dict[str, Tensor] | None = None) 
         avoid = {s for other in near.get(t.name, ()) if other in placed
                  and placed[other].placement.hemisphere is h for s in placed[other].slices_used()}
         best = None
-        for first in range(0, slices - _width(t) + 1, GROUP):
+        for first in _groups(t, slices, band):
             span = range(first, first + _width(t))
             if avoid.intersection(span):
                 continue
@@ -145,6 +146,18 @@ def place(graph: ChipGraph, chip: Chip, fixed: dict[str, Tensor] | None = None) 
         boxes[h].append(_Box(range(best[0], best[0] + _width(t)), best[1], best[1] + _vectors(t), t0, t1))
         placed[t.name] = _tensor(t, *best)
     return placed
+
+
+def _groups(t: TensorDef, slices: int, band: int) -> list[int]:
+    """First slices of the groups to try for `t`, in order: from the VXM outward. A KV cache (state, large and
+    held for the whole program) tries the weight band's slices first (above the weights, where a chip holds few
+    blocks), then the other groups from the band inward: the groups next to the VXM keep room for the
+    activations an operation streams side by side, and those a matmul writes (never on its weights' slices)."""
+    starts = list(range(0, slices - _width(t) + 1, GROUP))
+    if t.role is not Role.STATE:
+        return starts
+    below = [f for f in starts if f + _width(t) <= slices - band]
+    return [f for f in starts if f not in below] + below[::-1]
 
 
 def kept(graph: ChipGraph, placed: dict[str, Tensor]) -> dict[str, Tensor]:
