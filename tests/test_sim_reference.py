@@ -239,6 +239,17 @@ def _quantize_cases():
     yield "2x700", token_scale(CHIP, np.random.default_rng(8).normal(0, 2, (2, 700)).astype(np.float32))
 
 
+def _lanemix_cases():
+    from openlpu.kernels.lanemix import lane_mix
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(0, 1, (2, 640)).astype(np.float32)
+    terms = [(r, rng.normal(0, 1, x.shape).astype(np.float32)) for r in (0, -32, 32)]
+    yield "rope-like-west", lane_mix(CHIP, x, terms)
+    yield "east-shared-slices-waves", lane_mix(CHIP, np.tile(x, (30, 1)), [(r, np.tile(m, (30, 1))) for r, m in terms],
+                                               source=Hemisphere.E, share=1)
+
+
 def _softmax_cases():
     from openlpu.kernels.softmax import softmax
 
@@ -276,7 +287,8 @@ def _vectors_cases():
 #: module of openlpu.kernels -> its cases (name, Kernel). Every kernel module must have an entry.
 KERNEL_CASES = {"matmul": _matmul_cases, "chain": _chain_cases, "elementwise": _elementwise_cases,
                 "reduce": _reduce_cases, "softmax": _softmax_cases, "rmsnorm": _rmsnorm_cases,
-                "relayout": _relayout_cases, "vectors": _vectors_cases, "quantize": _quantize_cases}
+                "relayout": _relayout_cases, "vectors": _vectors_cases, "quantize": _quantize_cases,
+                "lanemix": _lanemix_cases}
 _NOT_KERNELS = {"builder", "kernel"}
 
 

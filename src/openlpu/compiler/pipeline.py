@@ -188,18 +188,19 @@ def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int 
     (`split_layers`), and while the KV caches and activations do not fit beside the weights, one chip more."""
     dims = Dims(model.config, context)
     check_model(model.config, context)
-    count = chips
-    while True:
-        ranges = split_layers(model, dims, chip, count, dtype)
-        graphs = tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1, dtype=dtype)
-                       for i, r in enumerate(ranges))
+    if chips is None:
+        graphs, placed = _fewest(model, dims, chip, dtype, None)
+    else:
+        graphs = _lowered(model, dims, chip, chips, dtype)
         try:
             placed = _place(graphs, chip, (None,) * len(graphs))
-            break
-        except DoesNotFitError:
-            if chips is not None or len(ranges) >= model.config.n_layers:
-                raise
-            count = len(ranges) + 1
+        except DoesNotFitError as e:
+            try:
+                fewest = len(_fewest(model, dims, chip, dtype, chips + 1)[0])
+                hint = f"{fewest} would hold it: ask for {fewest}, or leave the count unset"
+            except DoesNotFitError:
+                hint = "no count of these chips holds it: compile a shorter context"
+            raise DoesNotFitError(f"{e}. On {chips} {chip.name} chips it does not fit; {hint}") from None
     placements, scheduled = _emit(graphs, chip, placed, "step")
     sram = chip.mem.slices_per_hemisphere * 2 * chip.mem.addresses_per_slice * chip.lanes.lanes
     reports = tuple(ChipReport(g.index, g.layers, used_bytes(p, chip), sram, _what(g, p, chip, len(graphs)))
@@ -208,6 +209,28 @@ def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int 
                          max(s.predicted_cycles for s in scheduled), model.name, model.config,
                          np.asarray(model.weights["token_embd.weight"], np.float32), dims, graphs,
                          tuple(placements), tuple(scheduled))
+
+
+def _lowered(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None, dtype: str) -> tuple[ChipGraph, ...]:
+    ranges = split_layers(model, dims, chip, chips, dtype)
+    return tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1, dtype=dtype)
+                 for i, r in enumerate(ranges))
+
+
+def _fewest(model: GGUFModel, dims: Dims, chip: Chip, dtype: str, start: int | None
+            ) -> tuple[tuple[ChipGraph, ...], tuple[dict[str, Tensor], ...]]:
+    """The decode step's graphs and placements on the fewest chips from `start` (None: the weights' count) that
+    hold it; DoesNotFitError when not even one block per chip does."""
+    count = start
+    while True:
+        graphs = _lowered(model, dims, chip, count, dtype)
+        try:
+            return graphs, _place(graphs, chip, (None,) * len(graphs))
+        except DoesNotFitError as e:
+            if len(graphs) >= model.config.n_layers:
+                raise DoesNotFitError(f"{e}. Not even one block per {chip.name} chip holds it: compile a shorter "
+                                      "context") from None
+            count = len(graphs) + 1
 
 
 def _prefill(model: GGUFModel, decode: CompiledModel, prompt: int, grow: bool = False) -> Programs | None:
