@@ -65,6 +65,7 @@ from openlpu.hardware.geometry import Hemisphere
 from openlpu.ir.interpret import rope_tables
 from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType
+from openlpu.kernels.lanemix import MAX_TERMS
 from openlpu.kernels.matmul import zero_tiles
 
 LANES = 320
@@ -74,7 +75,6 @@ MASK_LANE = 600  # a padding lane of the second block of q and K (576 used lanes
 MASK_SCORE = -30000.0  # exactly representable in fp16; exp(MASK_SCORE - max) is 0 in fp32
 #: Which hemisphere's MXM holds each of a block's weights, in even blocks of a chip; odd ones mirror it.
 WEIGHT_SIDE = {"qkv": W, "o": E, "gu": E, "down": W}
-MAX_SHIFTS = 4  # distinct lane shifts per output block of the KV expansion (one LaneMix: four terms)
 
 
 def other(h: Hemisphere) -> Hemisphere:
@@ -129,8 +129,8 @@ def check_model(cfg: LlamaConfig, context: int) -> None:
         problems.append(f"hidden size {cfg.hidden_size} leaves no padding lane {MASK_LANE} for the causal mask")
     if cfg.n_kv_heads * cfg.head_dim > LANES:
         problems.append(f"{cfg.n_kv_heads} KV heads of {cfg.head_dim} lanes do not fit one {LANES}-lane block")
-    elif not problems and max(len(s) for s in kv_shifts(cfg)) > MAX_SHIFTS:
-        problems.append(f"a block of query heads draws on its KV heads at more than {MAX_SHIFTS} lane shifts")
+    elif not problems and max(len(s) for s in kv_shifts(cfg)) > MAX_TERMS:
+        problems.append(f"a block of query heads draws on its KV heads at more than {MAX_TERMS} lane shifts")
     if problems:
         raise ConfigError("the chip lowering supports llama models whose heads tile the 320 lanes and leave a "
                           "padding lane: " + "; ".join(problems))
