@@ -41,6 +41,7 @@ from openlpu.compiler.cache import CACHE_DIR_ENV, NO_CACHE_ENV
 from openlpu.compiler.chipgraph import (
     LaneMix,
     Matmul,
+    Pair,
     Receive,
     RmsNorm,
     Role,
@@ -237,7 +238,8 @@ def chip_work(compiled: CompiledModel) -> list[dict[str, int]]:
     out = []
     for g in compiled.graphs:
         real = real_params(compiled, g.layers, g.index == compiled.chips - 1)
-        mms = [op for op in g.ops if isinstance(op, Matmul)]
+        mms = [m for op in g.ops for m in ((op.west, op.east) if isinstance(op, Pair) else (op,))
+               if isinstance(m, Matmul)]
         out.append({
             "real_weight_bytes": (1 if compiled.dtype == "int8" else 2) * real["params"],
             "stored_weight_bytes": sum(nbytes(t) for t in g.by_role(Role.WEIGHT)),
@@ -295,14 +297,21 @@ def bounds(compiled: CompiledModel) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- cycle breakdown
 
 
+def _weight_group(name: str) -> str:
+    """A matmul's weight by kind: every block's qkv (say) as one group."""
+    kind = LAYER_PREFIX.sub("", name)
+    return "scores" if kind.startswith("scores_ones") else "head" if kind.startswith("head_") else kind
+
+
 def op_group(op: Any) -> str:
     """The breakdown's name for an operation: VXM by opcode, matmul by weight, the rest by kind."""
     match op:
         case Vxm():
             return f"vxm.{op.op.value}"
         case Matmul():
-            kind = {"scores_ones": "scores", "head_w": "head", "head_e": "head"}.get(op.w, LAYER_PREFIX.sub("", op.w))
-            return f"matmul.{kind}"
+            return f"matmul.{_weight_group(op.w)}"
+        case Pair():
+            return f"pair.{_weight_group(op.west.w)}"
         case RmsNorm():
             return "rmsnorm"
         case TokenScale():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from frontend_refs import our_model
 
-from openlpu.compiler.chipgraph import Matmul, Receive, Role, Send
+from openlpu.compiler.chipgraph import Pair, Receive, Role, Send
 from openlpu.compiler.lower import (
     MASK_LANE,
     Dims,
@@ -84,10 +84,10 @@ def test_kv_expansion_puts_each_kv_head_on_its_query_heads_lanes():
 def test_score_matrix_sums_each_head_and_adds_the_mask_lane_everywhere():
     dims = Dims(our_model(1).config, 16)
     m = score_matrix(dims).astype(np.float32)
-    assert m.shape == (2 * dims.qp, dims.qp) and np.array_equal(m[: dims.qp], m[dims.qp:])
+    assert m.shape == (dims.qp, dims.qp)
     products = np.zeros(dims.qp, np.float32)
     products[:64], products[MASK_LANE] = 1.0, 1.0  # head 0's lanes, and a masked row's lane
-    s = products @ m[: dims.qp]
+    s = products @ m
     assert s[0] == s[63] == 65 and s[64] == 1 and s[dims.qdim:].max() == 0
 
 
@@ -142,12 +142,14 @@ def test_int8_layout_quantises_each_output_column():
     assert np.all(scale[dims.qdim:dims.qp] == 1)  # padding columns: all zero, scale 1
 
 
-def test_the_scores_matmul_skips_the_head_sum_matrix_tiles_that_are_all_zero():
+def test_the_scores_run_on_both_mxms_and_skip_the_head_sum_matrix_tiles_that_are_all_zero():
     model = our_model(1)
     graph = lower_chip(model, Dims(model.config, 16), 0, range(1), first=True, last=True)
-    (scores,) = [op for op in graph.ops if isinstance(op, Matmul) and op.w == "scores_ones"]
-    # [hi0 hi1 lo0 lo1] x [n0 n1]: heads stay in their block, but the mask lane (block 1) reaches every head
-    assert scores.skip == {(0, 1), (2, 1)}
+    (scores,) = [op for op in graph.ops if isinstance(op, Pair) and op.west.w.startswith("scores_ones")]
+    assert (scores.west.w, scores.east.w) == ("scores_ones_w", "scores_ones_e")
+    assert "qk_lo" in scores.west.a and "qk_hi" in scores.east.a  # the products' lo halves west, hi halves east
+    # [b0 b1] x [n0 n1]: heads stay in their block, but the mask lane (block 1) reaches every head
+    assert scores.west.skip == scores.east.skip == {(0, 1)}
 
 
 def test_chips_pass_the_hidden_state_along_and_only_the_last_has_the_head():
@@ -158,7 +160,8 @@ def test_chips_pass_the_hidden_state_along_and_only_the_last_has_the_head():
     assert first.tensors["x_in"].role is Role.INPUT and last.tensors["x_in"].role is Role.ACT
     assert {t.name for t in last.by_role(Role.OUTPUT)} == {"logits_w", "logits_e"}
     assert not first.by_role(Role.OUTPUT)
-    assert all(isinstance(op, Matmul) for op in last.ops if "logits" in str(op))
+    (head,) = [op for op in last.ops if "logits" in str(op)]
+    assert isinstance(head, Pair) and (head.west.c, head.east.c) == ("logits_w", "logits_e")
 
 
 def test_the_capacity_count_uses_the_shapes_the_weights_are_laid_out_in():
@@ -169,4 +172,4 @@ def test_the_capacity_count_uses_the_shapes_the_weights_are_laid_out_in():
     head = head_weights(model, dims)
     west, total = head_columns(model.config.vocab_size)
     assert head["head_w"].shape == (dims.dp, west) and head["head_e"].shape == (dims.dp, total - west)
-    assert score_matrix(dims).shape == (2 * dims.qp, dims.qp)
+    assert score_matrix(dims).shape == (dims.qp, dims.qp)

@@ -12,6 +12,7 @@ from openlpu.isa.opcodes import Opcode
 from openlpu.isa.program import Placement, Tensor
 from openlpu.isa.types import DType
 from openlpu.kernels.builder import ProgramBuilder
+from openlpu.sim.engine import simulate
 from openlpu.kernels.vectors import View, _bursts, emit_vxm, row_binary, scatter_row, stream_groups
 
 CHIP = load_chip("groqchip1")
@@ -56,8 +57,27 @@ def test_an_output_in_the_inputs_hemisphere_is_refused():
 
     b = ProgramBuilder(CHIP, "bad")
     x, z = t("x", Hemisphere.W, 0), t("z", Hemisphere.W, 4)
-    with pytest.raises(ProgramError, match="output sit in the other"):
+    with pytest.raises(ProgramError, match="put the output in the other one"):
         emit_vxm(b, Opcode.COPY, F32, [View.of(x, 320)], View.of(z, 320), 0)
+
+
+@pytest.mark.parametrize("out_side", [Hemisphere.W, Hemisphere.E])
+def test_an_alu_takes_one_operand_from_each_hemisphere(out_side):
+    """x flows east from the west, y west from the east; the sum lands on either side (beside y when east)."""
+    rng = np.random.default_rng(3)
+    x, y = (rng.normal(size=(6, 640)).astype(np.float32) for _ in range(2))
+
+    def t(name: str, h: Hemisphere, first: int) -> Tensor:
+        return Tensor(name=name, dtype=F32, rows=6, cols=640,
+                      placement=Placement(hemisphere=h, first_slice=first, address=0))
+
+    b = ProgramBuilder(CHIP, "both_sides")
+    tx, ty, tz = t("x", Hemisphere.W, 0), t("y", Hemisphere.E, 0), t("z", out_side, 8)
+    b.tensors += [tx, ty, tz]
+    done = emit_vxm(b, Opcode.ADD, F32, [View.of(tx, 320), View.of(ty, 320)], View.of(tz, 320), 5)
+    result = simulate(b.build(), CHIP, {"x": x, "y": y})
+    assert result.cycles == b.predicted_cycles() <= done + CHIP.lanes.superlanes
+    assert np.array_equal(result.tensors["z"], x + y)
 
 
 def test_a_block_step_of_zero_rereads_one_block_row_by_row():

@@ -9,6 +9,7 @@ Operations:
     Vxm      out = op(ins...) elementwise on one ALU; inputs in one hemisphere, output in the other
     Matmul   c = a @ w on the MXM of their hemisphere (fp16 in, fp32 out; int8 in, int32 out), skipping the
              tiles of a constant w that are all zero
+    Pair     two matmuls side by side, one on each hemisphere's MXM (they share no unit, slice or stream segment)
     RmsNorm  y = rmsnorm(x, w) over the first n columns (x, w west; y east)
     TokenScale  y = max(max|x|, floor) / 127 per row of x, in every lane (x west; y east): int8 activations
     LaneMix  out = sum_i m_i * rotate(x, r_i): lane rotations through the SXM, weighted by rows (RoPE, KV heads)
@@ -124,6 +125,24 @@ class Matmul:
 
 
 @dataclass(frozen=True, slots=True)
+class Pair:
+    """Two independent matmuls that start together, one on each hemisphere's MXM: each reads and writes only
+    its own hemisphere's slices and streams, so neither waits for the other."""
+
+    west: Matmul
+    east: Matmul
+
+    def reads(self) -> tuple[str, ...]:
+        return (*self.west.reads(), *self.east.reads())
+
+    def writes(self) -> tuple[str, ...]:
+        return (*self.west.writes(), *self.east.writes())
+
+    def __str__(self) -> str:
+        return f"pair {{ {self.west} | {self.east} }}"
+
+
+@dataclass(frozen=True, slots=True)
 class RmsNorm:
     x: str
     w: str
@@ -224,7 +243,7 @@ class Receive:
         return f"receive {self.dst}"
 
 
-Operation = Vxm | Matmul | RmsNorm | TokenScale | LaneMix | Scatter | Send | Receive
+Operation = Vxm | Matmul | Pair | RmsNorm | TokenScale | LaneMix | Scatter | Send | Receive
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from openlpu.compiler.chipgraph import (
     ChipGraph,
     LaneMix,
     Matmul,
+    Pair,
     Receive,
     Ref,
     RmsNorm,
@@ -159,29 +160,11 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
         elif isinstance(op, LaneMix):
             terms = [(r, take(tensors[m.name], m, env[m.name])) for r, m in op.terms]
             _store(tensors, env, op.out, fast_lane_mix(take(tensors[op.x.name], op.x, env[op.x.name]), terms))
-        elif isinstance(op, Matmul) and tensors[op.w].dtype is DType.INT8:
-            w = env[op.w]
-
-            def tile8(kt: int, name: str = op.w, w: np.ndarray = w) -> np.ndarray:
-                """K tile kt of int8 weight `name` as fp32, kept for the next step."""
-                key = (name, kt)
-                if key not in tiles:
-                    tiles[key] = w[kt * LANES:(kt + 1) * LANES].astype(np.float32)
-                return tiles[key]
-
-            env[op.c] = matmul_int8(env[op.a], w, tile8)
         elif isinstance(op, Matmul):
-            w = env[op.w]
-
-            def tile(kt: int, name: str = op.w, w: np.ndarray = w) -> tuple:
-                """K tile kt of weight `name` as the fp16 pass wants it, kept for the next step."""
-                key = (name, kt)
-                if key not in tiles:
-                    values = w[kt * LANES:(kt + 1) * LANES].astype(np.float64)
-                    tiles[key] = (values, np.abs(values).astype(np.float32), nonzero_blocks(values))
-                return tiles[key]
-
-            env[op.c] = matmul(env[op.a], w, slots, tile, op.skip)
+            env[op.c] = _matmul(op, tensors, env, slots, tiles)
+        elif isinstance(op, Pair):  # side by side on the chip; independent, so in either order here
+            for m in (op.west, op.east):
+                env[m.c] = _matmul(m, tensors, env, slots, tiles)
         elif isinstance(op, RmsNorm):
             env[op.y] = fast_rmsnorm(env[op.x], env[op.w], op.n, op.eps, LANES)
         elif isinstance(op, TokenScale):
@@ -199,3 +182,29 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
         else:
             raise InternalError(f"no fast path for {op!r}")
     return sent
+
+
+def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray], slots: int,
+            tiles: Tiles) -> np.ndarray:
+    """One matmul's product, its weight's K tiles prepared once per session (`tiles`)."""
+    w = env[op.w]
+    if tensors[op.w].dtype is DType.INT8:
+
+        def tile8(kt: int) -> np.ndarray:
+            """K tile kt of the int8 weight as fp32."""
+            key = (op.w, kt)
+            if key not in tiles:
+                tiles[key] = w[kt * LANES:(kt + 1) * LANES].astype(np.float32)
+            return tiles[key]
+
+        return matmul_int8(env[op.a], w, tile8)
+
+    def tile(kt: int) -> tuple:
+        """K tile kt of the fp16 weight as the pass wants it."""
+        key = (op.w, kt)
+        if key not in tiles:
+            values = w[kt * LANES:(kt + 1) * LANES].astype(np.float64)
+            tiles[key] = (values, np.abs(values).astype(np.float32), nonzero_blocks(values))
+        return tiles[key]
+
+    return matmul(env[op.a], w, slots, tile, op.skip)

@@ -10,9 +10,11 @@ One decode step (one token at position t against a KV cache of `context` rows) b
     kx  = sum_s mask_s * rot(r[k, v], s)                 LaneMix: each KV head copied to the lanes of its query heads
     K[t], V[t] = kx[k], kx[v]                            scatters at the host-given position
     s   = rowsum64(K * q)                                scores: products on the VXM, split hi + lo in fp16,
-                                                          summed per head on the MXM by a 0/1 matrix (exact sum)
+                                                          summed per head by a 0/1 matrix on both MXMs at once
+                                                          (hi east, lo west: a Pair), then hi + lo on the VXM
     p   = exp(s - max_rows s);  o = sum_rows(p * V) / sum_rows(p)     trees over rows on the VXM
-    x  += fp16(o) @ Wo;  x += fp16(silu(g) * u) @ Wd  with [g | u] = fp16(rmsnorm(x)) @ [Wg | Wu]
+    x  += fp16(o) @ Wo;  x += fp16(silu(g) * u) @ Wd  with g, u = fp16(rmsnorm(x)) @ Wg, @ Wu on the two MXMs
+                                                          at once (a Pair: Wg and Wu sit on opposite sides)
 
 The weights hold the model's columns once (no rotated or repeated copies); the cache keeps one row per position
 with the K and V of every *query* head (the expansion above), so every attention vector lines up lane for lane
@@ -25,8 +27,9 @@ the VXM in fp32; the KV cache in fp32. int8: weights int8 per output column (cha
 projection's input quantised per token on the chip (`_Graph.quantize`), the int32 sums rescaled in fp32
 (`_Graph.dequantize`); attention as in fp16.
 
-Hemispheres: a block's four weights sit on alternating sides from block to block (`layer_sides`), so the two
-hemispheres' weight bands fill evenly.
+Hemispheres: a block's five weights sit on alternating sides from block to block (`layer_sides`), so the two
+hemispheres' weight bands fill evenly; gate and up always on opposite sides, so that they multiply at once. An
+ALU reads streams of both directions, so a VXM operation's inputs may sit on either side (no copies).
 
 The host writes, before each step: the token's embedding row (fp32, first chip), the cos and sin rows of its
 position in each hemisphere and the position itself (every chip). It reads the logits after the step.
@@ -46,6 +49,7 @@ from openlpu.compiler.chipgraph import (
     LaneMix,
     Matmul,
     Operation,
+    Pair,
     Receive,
     Ref,
     RmsNorm,
@@ -57,7 +61,7 @@ from openlpu.compiler.chipgraph import (
     Vxm,
 )
 from openlpu.compiler.precision import quantize_int8_rows
-from openlpu.errors import ConfigError, DoesNotFitError
+from openlpu.errors import ConfigError, DoesNotFitError, InternalError
 from openlpu.frontends.gguf import GGUFModel
 from openlpu.frontends.llama import LlamaConfig
 from openlpu.hardware.chip import Chip
@@ -74,7 +78,7 @@ W, E = Hemisphere.W, Hemisphere.E
 MASK_LANE = 600  # a padding lane of the second block of q and K (576 used lanes)
 MASK_SCORE = -30000.0  # exactly representable in fp16; exp(MASK_SCORE - max) is 0 in fp32
 #: Which hemisphere's MXM holds each of a block's weights, in even blocks of a chip; odd ones mirror it.
-WEIGHT_SIDE = {"qkv": W, "o": E, "gu": E, "down": W}
+WEIGHT_SIDE = {"qkv": W, "o": E, "g": W, "u": E, "down": E}
 
 
 def other(h: Hemisphere) -> Hemisphere:
@@ -156,8 +160,8 @@ def _columns(blocks: list[np.ndarray], rows: int, widths: list[int], dtype: type
 
 def layer_shapes(dims: Dims) -> dict[str, tuple[int, int]]:
     """[K, N] of each of a block's MXM weights as `layer_weights` lays them out."""
-    return {"qkv": (dims.dp, dims.qp + 2 * LANES), "o": (dims.qp, dims.dp), "gu": (dims.dp, 2 * dims.fp),
-            "down": (dims.fp, dims.dp)}
+    return {"qkv": (dims.dp, dims.qp + 2 * LANES), "o": (dims.qp, dims.dp), "g": (dims.dp, dims.fp),
+            "u": (dims.dp, dims.fp), "down": (dims.fp, dims.dp)}
 
 
 def head_columns(vocab: int) -> tuple[int, int]:
@@ -177,7 +181,8 @@ def layer_weights(model: GGUFModel, i: int, dims: Dims, dtype: str = "fp16") -> 
         "qkv": _columns([wq, _kv_block(wk, dims.cfg), _kv_block(wv, dims.cfg)], dims.dp, [dims.qp, LANES, LANES],
                         store),
         "o": _columns([w[p + "attn_output.weight"].T], dims.qp, [dims.dp], store),
-        "gu": _columns([w[p + "ffn_gate.weight"].T, w[p + "ffn_up.weight"].T], dims.dp, [dims.fp] * 2, store),
+        "g": _columns([w[p + "ffn_gate.weight"].T], dims.dp, [dims.fp], store),
+        "u": _columns([w[p + "ffn_up.weight"].T], dims.dp, [dims.fp], store),
         "down": _columns([w[p + "ffn_down.weight"].T], dims.fp, [dims.dp], store),
     }
     return {**(_int8(mats) if dtype == "int8" else mats), "attn_norm": _row(w[p + "attn_norm.weight"], dims.dp),
@@ -221,15 +226,14 @@ def head_weights(model: GGUFModel, dims: Dims, dtype: str = "fp16") -> dict[str,
 
 
 def score_matrix(dims: Dims) -> np.ndarray:
-    """[2 * qp, qp] fp16: for the hi and the lo half of the products, 1 where row and column are lanes of one
-    head, and the mask lane's row 1 on every used column."""
+    """[qp, qp] fp16: 1 where row and column are lanes of one head, and the mask lane's row 1 on every used
+    column. Each hemisphere holds a copy (`scores_ones_w` sums the products' lo halves, `_e` the hi halves)."""
     cfg, qp = dims.cfg, dims.qp
     lane = np.arange(qp)
     used = lane < dims.qdim
     same = (lane[:, None] // cfg.head_dim == lane[None, :] // cfg.head_dim) & used[:, None] & used[None, :]
     same[MASK_LANE] = used
-    one = same.astype(np.float16)
-    return np.concatenate([one, one])
+    return same.astype(np.float16)
 
 
 @functools.cache
@@ -332,7 +336,8 @@ def embedding_rows(table: np.ndarray, dims: Dims, tokens: list[int]) -> np.ndarr
 
 @dataclass
 class _Graph:
-    """Builds one chip's tensors and operations; hemispheres follow the data (a VXM op lands on the other side)."""
+    """Builds one chip's tensors and operations; hemispheres follow the data (a VXM op lands on the other side of
+    its first input; its other input may sit on either side)."""
 
     tensors: dict[str, TensorDef] = field(default_factory=dict)
     ops: list[Operation] = field(default_factory=list)
@@ -360,11 +365,9 @@ class _Graph:
 
     def vxm(self, op: Opcode, dtype: DType, ins: list[Ref], stem: str, *, imm: float | None = None,
             to: DType | None = None, out: Ref | None = None, interleave: int = 1) -> Ref:
-        h = self.side(ins[0])
-        ins = [self.ensure(r, h) for r in ins]
-        rows, blocks = self.shape(ins[0])
+        rows, blocks = self.shape(ins[0])  # the inputs may sit on either side: an ALU reads both directions
         if out is None:
-            out = self.temp(stem, to or dtype, rows, blocks, other(h), interleave)
+            out = self.temp(stem, to or dtype, rows, blocks, other(self.side(ins[0])), interleave)
         self.ops.append(Vxm(op, dtype, tuple(ins), out, imm, to))
         return out
 
@@ -384,6 +387,33 @@ class _Graph:
         c = self.temp(stem, out, rows, self.tensors[w.name].blocks, h, interleave)
         self.ops.append(Matmul(a.name, w.name, c.name, skip))
         return c
+
+    def pair(self, ops: dict[Hemisphere, tuple[Ref, str]], stem: str,
+             skip: frozenset[tuple[int, int]] = frozenset()) -> dict[Hemisphere, Ref]:
+        """a @ w for (a, name of w) on each side, side by side on the two MXMs (a Pair): the products by side."""
+        out, mms = {}, {}
+        for h, (a, name) in ops.items():
+            w = self.tensors[name]
+            if w.hemisphere is not h:
+                raise InternalError(f"pair: weight {name} sits in the {w.hemisphere.value} hemisphere, not {h.value}")
+            a = self.ensure(a, h)
+            out[h] = self.temp(f"{stem}_{h.value}", I32 if w.dtype is I8 else F32, self.shape(a)[0], w.blocks, h)
+            mms[h] = Matmul(a.name, name, out[h].name, skip)
+        self.ops.append(Pair(mms[W], mms[E]))
+        return out
+
+    def project_pair(self, x: Ref, first: Ref, second: Ref, stem: str) -> tuple[Ref, Ref]:
+        """x times two weights on opposite sides, both MXMs at once (a Pair): each product as `project` computes
+        it, the int8 input quantised once."""
+        ws = {self.side(first): first, self.side(second): second}
+        if self.tensors[first.name].dtype is F16:
+            x16 = self.vxm(Opcode.CAST, F32, [x], stem + "16", to=F16)
+            out = self.pair({h: (x16, w.name) for h, w in ws.items()}, stem)
+        else:
+            q, s = self.quantize(x, stem)
+            sums = self.pair({h: (q, w.name) for h, w in ws.items()}, stem + "_sum")
+            out = {h: self.dequantize(sums[h], s, Ref(w.name + "_scale"), f"{stem}_{h.value}") for h, w in ws.items()}
+        return out[self.side(first)], out[self.side(second)]
 
     def quantize(self, x: Ref, stem: str) -> tuple[Ref, Ref]:
         """fp32 rows x as int8 rows q and their scales s (every lane of row r: max|x[r]| / 127), so that
@@ -489,7 +519,6 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
     r = g.lane_mix(qkv, list(rope_terms(cfg, g.side(qkv))), p + "rope")
     qmask = _const(g, "qmask", g.side(r), mask_row(dims))
     q = g.vxm(Opcode.ADD, F32, [Ref(r.name, 0, qb), Ref(qmask, rows=rows, step=0)], p + "q")
-    q = g.ensure(q, g.side(kc))  # one row (decode) or `prompt`: then broadcast over the cache
     kv = g.temp(p + "kv", F32, rows, 2 * qb, other(g.side(r)))  # [K | V] per query head
     for block, shifts in enumerate(kv_shifts(cfg)):
         terms = [(shift, _const(g, f"kv_mask{block}_{shift % LANES}", g.side(r), row))
@@ -518,10 +547,9 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
     # feed-forward
     x = g.ensure(x, W)
     h = _rmsnorm(g, x, norms["ffn_norm"], dims, p + "h2")
-    gu = g.project(h, wt["gu"], p + "gu")
-    fb = dims.fp // LANES
-    act = g.vxm(Opcode.SILU, F32, [Ref(gu.name, 0, fb)], p + "silu")
-    prod = g.vxm(Opcode.MUL, F32, [act, Ref(gu.name, fb, fb)], p + "glu")
+    gate, up = g.project_pair(h, wt["g"], wt["u"], p + "gu")
+    act = g.vxm(Opcode.SILU, F32, [gate], p + "silu")
+    prod = g.vxm(Opcode.MUL, F32, [act, up], p + "glu")
     down = g.project(prod, wt["down"], p + "down")
     return g.vxm(Opcode.ADD, F32, [down, x], p + "x")
 
@@ -543,12 +571,11 @@ def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref) -> Ref:
     prod = g.vxm(Opcode.MUL, F32, [kc, q], p + "qk")
     hi = g.vxm(Opcode.CAST, F32, [prod], p + "qk_hi", to=F16)
     rest = g.vxm(Opcode.SUB, F32, [prod, g.vxm(Opcode.CAST, F16, [hi], p + "qk_hi32", to=F32)], p + "qk_rest")
-    split = g.temp(p + "qk_split", F16, rows, 2 * qb, W)
-    g.vxm(Opcode.CAST, F32, [rest], "", to=F16, out=Ref(split.name, qb, qb))
-    g.vxm(Opcode.COPY, F16, [hi], "", out=Ref(split.name, 0, qb))
-    scores = g.matmul(split, Ref("scores_ones"), p + "scores", interleave=2, skip=_score_skip(dims))
+    lo = g.vxm(Opcode.CAST, F32, [rest], p + "qk_lo", to=F16)
+    halves = g.pair({W: (lo, "scores_ones_w"), E: (hi, "scores_ones_e")}, p + "scores", skip=_score_skip(dims))
+    scores = g.vxm(Opcode.ADD, F32, [halves[E], halves[W]], p + "scores", interleave=2)
     top = g.tree(Opcode.MAX, scores, p + "max")
-    shifted = g.vxm(Opcode.SUB, F32, [scores, _broadcast(g, top, scores, rows)], p + "shifted")
+    shifted = g.vxm(Opcode.SUB, F32, [scores, _broadcast(top, rows)], p + "shifted")
     e = g.vxm(Opcode.EXP, F32, [shifted], p + "exp", interleave=2)
     total = g.tree(Opcode.ADD, e, p + "sum")
     weighted = g.vxm(Opcode.MUL, F32, [e, vc], p + "pv", interleave=2)
@@ -556,9 +583,9 @@ def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref) -> Ref:
     return g.vxm(Opcode.MUL, F32, [o, g.vxm(Opcode.RECIP, F32, [total], p + "inv_sum")], p + "o")
 
 
-def _broadcast(g: _Graph, row: Ref, like: Ref, rows: int) -> Ref:
-    r = g.ensure(row, g.side(like))
-    return Ref(r.name, rows=rows, step=0)
+def _broadcast(row: Ref, rows: int) -> Ref:
+    """One row read again for each of `rows` rows."""
+    return Ref(row.name, rows=rows, step=0)
 
 
 def _rmsnorm(g: _Graph, x: Ref, w: Ref, dims: Dims, stem: str) -> Ref:
@@ -576,17 +603,20 @@ def _head(g: _Graph, dims: Dims, model: GGUFModel, x: Ref, dtype: str) -> None:
     ws = head_weights(model, dims, dtype)
     norm = g.tensor("output_norm", F32, 1, dims.dp, W, Role.CONST, ws["output_norm"])
     h = _rmsnorm(g, x, norm, dims, "final")
-    if dtype == "int8":
+    for side in (W, E):
+        _weight(g, f"head_{side.value}", ws, f"head_{side.value}", side)
+    if dtype == "int8":  # the two halves of the vocabulary side by side on the two MXMs, then each rescaled
         q, s = g.quantize(h, "final")
-        for side, key in ((W, "head_w"), (E, "head_e")):
-            c = g.matmul(q, _weight(g, key, ws, key, side), f"final_{side.value}_sum")
-            g.dequantize(c, s, Ref(key + "_scale"), f"final_{side.value}", out=f"logits_{side.value}")
+        sums = g.pair({side: (q, f"head_{side.value}") for side in (W, E)}, "final_sum")
+        for side in (W, E):
+            g.dequantize(sums[side], s, Ref(f"head_{side.value}_scale"), f"final_{side.value}",
+                         out=f"logits_{side.value}")
         return
     h16 = g.vxm(Opcode.CAST, F32, [h], "final16", to=F16)
-    for side, key in ((W, "head_w"), (E, "head_e")):
-        w = _weight(g, key, ws, key, side)
-        c = g.tensor(f"logits_{side.value}", F32, 1, ws[key].shape[1], side, Role.OUTPUT)
-        g.ops.append(Matmul(g.ensure(h16, side).name, w.name, c.name))
+    a = {side: g.ensure(h16, side) for side in (W, E)}
+    c = {side: g.tensor(f"logits_{side.value}", F32, 1, ws[f"head_{side.value}"].shape[1], side, Role.OUTPUT)
+         for side in (W, E)}
+    g.ops.append(Pair(*(Matmul(a[side].name, f"head_{side.value}", c[side].name) for side in (W, E))))
 
 
 def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first: bool, last: bool,
@@ -603,7 +633,8 @@ def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first
         g.tensor("pos_w", I16, 1, LANES, W, Role.INPUT)
         g.tensor("pos_e", I16, 1, LANES, E, Role.INPUT)
     if len(layers):
-        g.tensor("scores_ones", F16, 2 * qp, qp, W, Role.CONST, score_matrix(dims), interleave=16)
+        for side in (W, E):
+            g.tensor(f"scores_ones_{side.value}", F16, qp, qp, side, Role.CONST, score_matrix(dims), interleave=16)
     x = g.tensor("x_in", F32, rows, dims.dp, W, Role.INPUT if first else Role.ACT)
     if not first:
         g.ops.append(Receive(x.name))
@@ -628,7 +659,7 @@ def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = N
     west, total = head_columns(model.config.vocab_size)
     head_need = {W: _weight_vectors((dims.dp, west), chip, width),
                  E: _weight_vectors((dims.dp, total - west), chip, width)}
-    ones = {W: _weight_vectors((2 * dims.qp, dims.qp), chip), E: 0}
+    ones = {h: _weight_vectors((dims.qp, dims.qp), chip) for h in (W, E)}
 
     def need(n: int, with_head: bool) -> dict[Hemisphere, int]:
         """Addresses per slice of each hemisphere's weight band for n blocks (sides alternating), and the head."""

@@ -23,6 +23,7 @@ from openlpu.compiler.chipgraph import (
     ChipGraph,
     LaneMix,
     Matmul,
+    Pair,
     RmsNorm,
     Role,
     Scatter,
@@ -62,10 +63,12 @@ def together(graph: ChipGraph) -> dict[str, set[str]]:
     """For each tensor, the tensors some operation streams at the same time in the same hemisphere."""
     pairs: dict[str, set[str]] = defaultdict(set)
     for op in graph.ops:
-        if isinstance(op, Vxm):
-            groups = [{r.name for r in op.ins}]
+        if isinstance(op, Vxm):  # the output may share a hemisphere with an input
+            groups = [{r.name for r in op.ins} | {op.out.name}]
         elif isinstance(op, Matmul):
             groups = [{op.a, op.w, op.c}]
+        elif isinstance(op, Pair):  # each MXM's operands in its own hemisphere
+            groups = [{m.a, m.w, m.c} for m in (op.west, op.east)]
         elif isinstance(op, Scatter):
             groups = [{op.src.name, op.index}]
         elif isinstance(op, RmsNorm):

@@ -2,8 +2,10 @@
 
 Operations run one after another: each starts when everything the previous one wrote has landed (the emitters
 return that cycle), so no two operations ever share a unit, a stream or a bank, and the program's cycle count is
-known before it runs. Inside an operation the emitters overlap what the hardware allows (the matmul loads the
-next weight tile while the current one multiplies; reads stream one vector per cycle).
+known before it runs. The one exception is a `Pair`: two matmuls that start together, one on each hemisphere's
+MXM, each on its own hemisphere's slices and streams. Inside an operation the emitters overlap what the hardware
+allows (the matmul loads the next weight tile while the current one multiplies; reads stream one vector per
+cycle).
 
 Chip-to-chip: `Send` reads each byte plane of its tensor onto an eastward stream to reach the east link one
 serialisation time apart; `Receive` takes each vector as soon as it has arrived over the link (the sender's
@@ -18,6 +20,7 @@ from openlpu.compiler.chipgraph import (
     ChipGraph,
     LaneMix,
     Matmul,
+    Pair,
     Receive,
     RmsNorm,
     Role,
@@ -76,6 +79,8 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
             t = emit_vxm(b, op.op, op.dtype, [view(r) for r in op.ins], view(op.out), t, imm=op.imm, to=op.to)
         elif isinstance(op, Matmul):
             t = emit_matmul(b, placed[op.a], placed[op.w], placed[op.c], t, skip=op.skip)
+        elif isinstance(op, Pair):
+            t = _pair(b, op, placed, t)
         elif isinstance(op, RmsNorm):
             inv, p0, p1 = (placed[s] for s in op.scratch)
             t = emit_rmsnorm(b, placed[op.x], placed[op.w], placed[op.y], inv, (p0, p1), op.n, op.eps, t)
@@ -94,6 +99,19 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
             raise InternalError(f"no emitter for {op!r}")
         spans.append((start, t))
     return Scheduled(b.build(), b.predicted_cycles(), tuple(spans), sent)
+
+
+def _pair(b: ProgramBuilder, op: Pair, placed: dict[str, Tensor], start: int) -> int:
+    """Both matmuls from `start`, one on each MXM: each reads and writes only its own hemisphere's slices, on its
+    own MXM's inbound and outbound streams, which never reach the other hemisphere's slices in use (as the matmul
+    kernel runs its two halves)."""
+    done = start
+    for m, h in ((op.west, Hemisphere.W), (op.east, Hemisphere.E)):
+        tensors = [placed[n] for n in (m.a, m.w, m.c)]
+        if any(t.placement.hemisphere is not h for t in tensors):
+            raise InternalError(f"{op}: the {h.value} matmul's tensors must all sit in the {h.value} hemisphere")
+        done = max(done, emit_matmul(b, *tensors, start, skip=m.skip))
+    return done
 
 
 def _planes(t: Tensor, lanes: int) -> list[tuple[int, int]]:

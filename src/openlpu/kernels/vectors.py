@@ -184,21 +184,25 @@ def far_read(b: ProgramBuilder, views: list[View], target: int) -> int:
 
 def emit_vxm(b: ProgramBuilder, op: Opcode, dtype: DType, inputs: list[View], out: View, start: int, *,
              imm: float | int | None = None, to: DType | None = None) -> int:
-    """out = op(inputs...) vector by vector on one ALU (a large one where `op` needs it). Inputs sit in one
-    hemisphere and `out` in the other; every view has the same number of vectors."""
-    h = inputs[0].hemisphere
+    """out = op(inputs...) vector by vector on one ALU (a large one where `op` needs it). Each input flows to the
+    VXM from its own hemisphere (an ALU reads streams of both directions); the result flows on into `out`'s
+    hemisphere, which holds no input (a slice reads or writes once a cycle) unless an input there is read on
+    other slices. Every view has the same number of vectors."""
     where = f"{op.value} -> {out.tensor.name}"
-    if any(v.hemisphere is not h for v in inputs) or out.hemisphere is h:
-        raise ProgramError(f"{where}: inputs must share one hemisphere and the output sit in the other "
-                           f"(inputs {[v.hemisphere.value for v in inputs]}, output {out.hemisphere.value})")
     if any(v.count != out.count for v in inputs):
         raise ProgramError(f"{where}: views carry {[v.count for v in inputs]} vectors, output {out.count}")
-    d = toward(h)
+    if all(v.hemisphere is out.hemisphere for v in inputs):
+        raise ProgramError(f"{where}: the inputs and the output all sit in the {out.hemisphere.value} hemisphere; "
+                           "put the output in the other one")
     alu = min(b.chip.vxm.large_alus) if op in VXM_LARGE_ONLY else 1
     here = b.position(vxm_queue(alu))
-    widths = [v.dtype.width_bytes for v in inputs] + [(to or dtype).width_bytes]
-    firsts = stream_groups(widths)
-    refs = [StreamRef(d, s) for s in firsts]
+    d_out = Direction.W if out.hemisphere is W else Direction.E
+    flows = [(toward(v.hemisphere), v.dtype.width_bytes) for v in inputs] + [(d_out, (to or dtype).width_bytes)]
+    refs: list[StreamRef] = [None] * len(flows)  # type: ignore[list-item]
+    for d in {f[0] for f in flows}:  # stream groups per direction, in operand order
+        mine = [i for i, f in enumerate(flows) if f[0] is d]
+        for i, first in zip(mine, stream_groups([flows[i][1] for i in mine])):
+            refs[i] = StreamRef(d, first)
     issue = start + far_read(b, inputs, here)
     for v, ref in zip(inputs, refs):
         read_view(b, v, ref, here, issue)
@@ -206,7 +210,7 @@ def emit_vxm(b: ProgramBuilder, op: Opcode, dtype: DType, inputs: list[View], ou
     b.place(vxm_queue(alu), issue, Instruction(op=op, dtype=dtype, to=to, imm=imm, out=refs[-1], **operands),
             out.count)
     produced = issue + semantics.latency(b.chip, op)
-    return write_view(b, refs[-1], produced - here * d.step, out)
+    return write_view(b, refs[-1], produced - here * d_out.step, out)
 
 
 def emit_scatter(b: ProgramBuilder, src: View, dst: Tensor, index: View, start: int) -> int:
