@@ -1,5 +1,5 @@
 """The pipeline: stages dump as text, a compiled model is cached on disk, the chip count grows until the whole job
-fits, unknown types get a clear error."""
+fits, unknown types get a clear error; a Pair's matmuls run at once."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import pytest
 from frontend_refs import our_model, truncated_path
 
 from openlpu.compiler import pipeline
+from openlpu.compiler.chipgraph import Pair
 from openlpu.compiler.lower import Dims, split_layers
 from openlpu.compiler.pipeline import compile_model, dump
 from openlpu.errors import ConfigError, DoesNotFitError
 from openlpu.hardware.chip import load_chip
 from openlpu.isa.asm import parse_program
+from openlpu.kernels.builder import ProgramBuilder
+from openlpu.kernels.matmul import emit_matmul
 from openlpu.runtime.session import Fidelity, open_session
 
 CHIP = load_chip("groqchip1")
@@ -76,3 +79,15 @@ def test_a_prefill_that_does_not_fit_beside_the_decode_step_takes_one_chip_more(
     refused.clear()
     with pytest.raises(DoesNotFitError, match="no room"):  # the chips asked for: the placement's own error
         compile_model(our_model(2), CHIP, context=16, prompt=3, chips=1)
+
+
+def test_a_pairs_two_matmuls_run_at_once_so_it_takes_as_long_as_the_longer_one(monkeypatch):
+    monkeypatch.setenv("OPENLPU_NO_CACHE", "1")
+    c = compile_model(truncated_path(1), CHIP, context=16)
+    graph, placed, spans = c.graphs[0], c.placements[0], c.scheduled[0].spans
+    pairs = [(op, span) for op, span in zip(graph.ops, spans) if isinstance(op, Pair)]
+    assert len(pairs) == 3  # the scores' halves, gate and up, the LM head's halves
+    for op, (start, done) in pairs:
+        alone = [emit_matmul(ProgramBuilder(CHIP, "alone"), *(placed[n] for n in (m.a, m.w, m.c)), start,
+                             skip=m.skip) - start for m in (op.west, op.east)]
+        assert done - start == max(alone) < sum(alone), op

@@ -12,8 +12,8 @@ from openlpu.isa.opcodes import Opcode
 from openlpu.isa.program import Placement, Tensor
 from openlpu.isa.types import DType
 from openlpu.kernels.builder import ProgramBuilder
-from openlpu.sim.engine import simulate
 from openlpu.kernels.vectors import View, _bursts, emit_vxm, row_binary, scatter_row, stream_groups
+from openlpu.sim.engine import simulate
 
 CHIP = load_chip("groqchip1")
 F32 = DType.FP32

@@ -565,9 +565,8 @@ def _const(g: _Graph, stem: str, side: Hemisphere, row: np.ndarray) -> str:
 def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref) -> Ref:
     """One query's attention over the cache rows `kc` / `vc` (a power of two of them), q broadcast to each:
     returns its output row."""
-    qb = dims.qp // LANES
     rows, _ = g.shape(kc)
-    # scores: K * q on the VXM, split into fp16 hi + lo, summed per head on the MXM
+    # scores: K * q on the VXM, split into fp16 hi + lo, summed per head on both MXMs
     prod = g.vxm(Opcode.MUL, F32, [kc, q], p + "qk")
     hi = g.vxm(Opcode.CAST, F32, [prod], p + "qk_hi", to=F16)
     rest = g.vxm(Opcode.SUB, F32, [prod, g.vxm(Opcode.CAST, F16, [hi], p + "qk_hi32", to=F32)], p + "qk_rest")

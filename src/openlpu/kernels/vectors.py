@@ -1,10 +1,11 @@
 """Vector-train emitters on tensors the compiler has placed: views, reads, writes, one VXM op, a scatter.
 
 The compiler's programs are sequences of operations on placed tensors. Each operation here streams a train of
-vectors — one per cycle — from one hemisphere's MEM slices, through one unit, into the other hemisphere's (or,
-for a scatter, into the other hemisphere's SRAM at an address the data picks):
+vectors — one per cycle — from MEM slices, through one unit, into MEM slices (for a scatter, into the other
+hemisphere's SRAM at an address the data picks). A VXM operation's inputs flow to the VXM from their own
+hemispheres (an ALU taps streams of both directions) and its result flows on into the output's:
 
-    inputs (hemisphere H)  --reads, one vector a cycle-->  ALU  --result-->  output (the other hemisphere)
+    inputs (hemisphere H, or both)  --reads, one vector a cycle-->  ALU  --result-->  output (the other one)
 
 A `View` names which vectors of a tensor a train carries and in what order: a range of column blocks (block step 0
 re-reads one block), and in each block rows `row0, row0 + step, ...` (step 0 re-reads one row: a broadcast). Reads
