@@ -311,7 +311,7 @@ def op_group(op: Any) -> str:
         case Matmul():
             return f"matmul.{_weight_group(op.w)}"
         case Pair():
-            return f"pair.{_weight_group(op.west.w)}"
+            return "pair." + "+".join(sorted({_weight_group(op.west.w), _weight_group(op.east.w)}))
         case RmsNorm():
             return "rmsnorm"
         case TokenScale():
