@@ -389,30 +389,37 @@ class _Graph:
         return c
 
     def pair(self, ops: dict[Hemisphere, tuple[Ref, str]], stem: str,
-             skip: frozenset[tuple[int, int]] = frozenset()) -> dict[Hemisphere, Ref]:
-        """a @ w for (a, name of w) on each side, side by side on the two MXMs (a Pair): the products by side."""
+             skip: frozenset[tuple[int, int]] = frozenset(),
+             outs: dict[Hemisphere, str] | None = None) -> dict[Hemisphere, Ref]:
+        """a @ w for (a, name of w) on each side, side by side on the two MXMs (a Pair): the products by side,
+        into the OUTPUT tensors `outs` names by side if given."""
         out, mms = {}, {}
         for h, (a, name) in ops.items():
             w = self.tensors[name]
             if w.hemisphere is not h:
                 raise InternalError(f"pair: weight {name} sits in the {w.hemisphere.value} hemisphere, not {h.value}")
             a = self.ensure(a, h)
-            out[h] = self.temp(f"{stem}_{h.value}", I32 if w.dtype is I8 else F32, self.shape(a)[0], w.blocks, h)
+            dtype, rows = I32 if w.dtype is I8 else F32, self.shape(a)[0]
+            out[h] = (self.temp(f"{stem}_{h.value}", dtype, rows, w.blocks, h) if outs is None
+                      else self.tensor(outs[h], dtype, rows, w.blocks * LANES, h, Role.OUTPUT))
             mms[h] = Matmul(a.name, name, out[h].name, skip)
         self.ops.append(Pair(mms[W], mms[E]))
         return out
 
-    def project_pair(self, x: Ref, first: Ref, second: Ref, stem: str) -> tuple[Ref, Ref]:
+    def project_pair(self, x: Ref, first: Ref, second: Ref, stem: str,
+                     outs: tuple[str, str] | None = None) -> tuple[Ref, Ref]:
         """x times two weights on opposite sides, both MXMs at once (a Pair): each product as `project` computes
-        it, the int8 input quantised once."""
+        it, the int8 input quantised once; into the OUTPUT tensors `outs` names (first's, second's) if given."""
         ws = {self.side(first): first, self.side(second): second}
+        names = None if outs is None else {self.side(first): outs[0], self.side(second): outs[1]}
         if self.tensors[first.name].dtype is F16:
             x16 = self.vxm(Opcode.CAST, F32, [x], stem + "16", to=F16)
-            out = self.pair({h: (x16, w.name) for h, w in ws.items()}, stem)
+            out = self.pair({h: (x16, w.name) for h, w in ws.items()}, stem, outs=names)
         else:
             q, s = self.quantize(x, stem)
             sums = self.pair({h: (q, w.name) for h, w in ws.items()}, stem + "_sum")
-            out = {h: self.dequantize(sums[h], s, Ref(w.name + "_scale"), f"{stem}_{h.value}") for h, w in ws.items()}
+            out = {h: self.dequantize(sums[h], s, Ref(w.name + "_scale"), f"{stem}_{h.value}",
+                                      out=None if names is None else names[h]) for h, w in ws.items()}
         return out[self.side(first)], out[self.side(second)]
 
     def quantize(self, x: Ref, stem: str) -> tuple[Ref, Ref]:
@@ -604,18 +611,8 @@ def _head(g: _Graph, dims: Dims, model: GGUFModel, x: Ref, dtype: str) -> None:
     h = _rmsnorm(g, x, norm, dims, "final")
     for side in (W, E):
         _weight(g, f"head_{side.value}", ws, f"head_{side.value}", side)
-    if dtype == "int8":  # the two halves of the vocabulary side by side on the two MXMs, then each rescaled
-        q, s = g.quantize(h, "final")
-        sums = g.pair({side: (q, f"head_{side.value}") for side in (W, E)}, "final_sum")
-        for side in (W, E):
-            g.dequantize(sums[side], s, Ref(f"head_{side.value}_scale"), f"final_{side.value}",
-                         out=f"logits_{side.value}")
-        return
-    h16 = g.vxm(Opcode.CAST, F32, [h], "final16", to=F16)
-    a = {side: g.ensure(h16, side) for side in (W, E)}
-    c = {side: g.tensor(f"logits_{side.value}", F32, 1, ws[f"head_{side.value}"].shape[1], side, Role.OUTPUT)
-         for side in (W, E)}
-    g.ops.append(Pair(*(Matmul(a[side].name, f"head_{side.value}", c[side].name) for side in (W, E))))
+    # the two halves of the vocabulary side by side on the two MXMs
+    g.project_pair(h, Ref("head_w"), Ref("head_e"), "final", outs=("logits_w", "logits_e"))
 
 
 def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first: bool, last: bool,
