@@ -38,7 +38,7 @@ from openlpu.sim import numerics as nx
 LANES = 320
 UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RECIP, Opcode.RSQRT, Opcode.TANH,
          Opcode.SIGMOID, Opcode.SILU}
-Tiles = dict[tuple[str, int], tuple | np.ndarray]  # per weight K tile: fp16 (fp64 values, fp32 |values|, nonzero
+Tiles = dict[tuple[str, int], tuple | np.ndarray]  # per weight K tile: fp16 (fp64 values, column norms, nonzero
 # blocks or None), int8 fp32 values
 
 
@@ -204,7 +204,7 @@ def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray
         key = (op.w, kt)
         if key not in tiles:
             values = w[kt * LANES:(kt + 1) * LANES].astype(np.float64)
-            tiles[key] = (values, np.abs(values).astype(np.float32), nonzero_blocks(values))
+            tiles[key] = (values, nx.column_norms(values), nonzero_blocks(values))
         return tiles[key]
 
     return matmul(env[op.a], w, slots, tile, op.skip)

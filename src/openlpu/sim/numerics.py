@@ -172,43 +172,68 @@ def mxm_pass(acts: np.ndarray, weights: np.ndarray, dtype: DType,
 _EXACT_DEPTH = 512  # products of 20-bit halves stay below 2^53 summed over up to 2^13 terms; a pass is 320
 
 
-def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, weights_abs: np.ndarray,
+def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, column_norms: np.ndarray,
                   blocks: Sequence[tuple[slice, slice]] | None = None) -> np.ndarray:
     """`mxm_pass` for fp16, bit for bit, with one fp64 product instead of four when the rounding is certain.
 
-    `weights64` is the fp16 weight tile as fp64 and `weights_abs` its absolute values as fp32 (callers keep
-    both). Every product of two fp16 values is exact in fp64 and in fp32, so the fp64 sum s is within
-    E = 2 n 2^-53 sum|a w| of the exact sum (any order, FMA or not), and sum|a w| is computed in fp32 (positive
-    terms: within 0.1 % here). Where [s - E, s + E] holds no fp32 rounding boundary, fp32(s) is the correctly
-    rounded exact sum; the other entries are computed by `mxm_pass` itself.
+    `weights64` is the fp16 weight tile as fp64 and `column_norms` its columns' Euclidean norms
+    (`column_norms(weights64)`; callers keep both). Every product of two fp16 values is exact in fp64 and in
+    fp32, so the fp64 sum s is within E = 2 n 2^-53 sum|a w| of the exact sum (any order, FMA or not). Where
+    [s - E, s + E] holds no fp32 rounding boundary, fp32(s) is the correctly rounded exact sum. sum|a w| is
+    bounded first by |a| |w| (Cauchy-Schwarz: two norms, no product), then, for the columns that leaves open,
+    computed in fp32 (positive terms: within 0.01 % here; E carries 1 % to spare); the entries still open are
+    computed by `mxm_pass`.
 
     `blocks` (rows, columns) lists the tile's sub-blocks that hold its nonzero weights, for a mostly-zero tile:
     the products outside them are exact zeros, so summing block by block is another order of the same sum."""
     a64 = acts.astype(np.float64)
     if not np.isfinite(a64).all():
         return mxm_pass(acts, weights64.astype(np.float16), DType.FP16)
-    a_abs = np.abs(acts).astype(np.float32)
     if blocks is None:
-        s, total = a64 @ weights64, a_abs @ weights_abs
+        s = a64 @ weights64
     else:
         s = np.zeros((len(acts), weights64.shape[1]))
-        total = np.zeros((len(acts), weights64.shape[1]), np.float32)
         for rows, cols in blocks:
             s[:, cols] += a64[:, rows] @ weights64[rows, cols]
-            total[:, cols] += a_abs[:, rows] @ weights_abs[rows, cols]
-    bound = total.astype(np.float64) * (1.001 * 2 * len(weights64) * 2.0**-53)
     r = s.astype(np.float32)
-    r64 = r.astype(np.float64)
-    below = (r64 + np.nextafter(r, np.float32(-np.inf)).astype(np.float64)) / 2
-    above = (r64 + np.nextafter(r, np.float32(np.inf)).astype(np.float64)) / 2
-    with np.errstate(invalid="ignore"):
-        sure = np.isfinite(r) & (s - bound > below) & (s + bound < above)
-    r[r == 0] = 0.0  # an exact zero is +0 (below: a sum of fp16 products is 0 or at least 2^-48 in size)
+    scale = 1.01 * 2 * len(weights64) * 2.0**-53
+    norms = np.sqrt(np.einsum("ij,ij->i", a64, a64))
+    sure = _certain(s, r, np.outer(norms * scale, column_norms))
     if not sure.all():
         cols = np.flatnonzero(~sure.all(axis=0))
-        exact = mxm_pass(acts, weights64[:, cols].astype(np.float16), DType.FP16)
-        r[:, cols] = np.where(sure[:, cols], r[:, cols], exact)
+        total = _abs_products(np.abs(acts).astype(np.float32), weights64, cols, blocks)
+        sure[:, cols] |= _certain(s[:, cols], r[:, cols], total.astype(np.float64) * scale)
+    r[r == 0] = 0.0  # an exact zero is +0 (below: a sum of fp16 products is 0 or at least 2^-48 in size)
+    if not sure.all():  # only the rows and columns that hold an open entry
+        rows, cols = np.flatnonzero(~sure.all(axis=1)), np.flatnonzero(~sure.all(axis=0))
+        exact = mxm_pass(acts[rows], weights64[:, cols].astype(np.float16), DType.FP16)
+        block = np.ix_(rows, cols)
+        r[block] = np.where(sure[block], r[block], exact)
     return r
+
+
+def _certain(s: np.ndarray, r: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Where the exact sum, within `bound` of the fp64 sum s, rounds to r = fp32(s): s - bound and s + bound round
+    to one fp32 value, so (rounding being monotonic) everything between them does. `bound` carries 1 % to spare,
+    more than the fp64 rounding of s -+ bound can take (2^-53 |s|, and bound >= 640 2^-53 |s|)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.isfinite(r) & ((s - bound).astype(np.float32) == (s + bound).astype(np.float32))
+
+
+def _abs_products(a_abs: np.ndarray, weights64: np.ndarray, cols: np.ndarray,
+                  blocks: Sequence[tuple[slice, slice]] | None) -> np.ndarray:
+    """sum |a w| for the columns `cols` of the tile (fp32), over its nonzero sub-blocks if given."""
+    if blocks is None:
+        return a_abs @ np.abs(weights64[:, cols]).astype(np.float32)
+    total = np.zeros((len(a_abs), weights64.shape[1]), np.float32)
+    for rows, bcols in blocks:
+        total[:, bcols] += a_abs[:, rows] @ np.abs(weights64[rows, bcols]).astype(np.float32)
+    return total[:, cols]
+
+
+def column_norms(weights64: np.ndarray) -> np.ndarray:
+    """The Euclidean norm of each column of an fp16 weight tile held as fp64: `mxm_pass_fp16`'s error bound."""
+    return np.sqrt(np.einsum("ij,ij->j", weights64, weights64))
 
 
 def split_weights(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
