@@ -39,6 +39,7 @@ import numpy as np
 
 from openlpu.compiler.cache import CACHE_DIR_ENV, NO_CACHE_ENV
 from openlpu.compiler.chipgraph import (
+    Chain,
     LaneMix,
     Matmul,
     Pair,
@@ -308,6 +309,8 @@ def op_group(op: Any) -> str:
     match op:
         case Vxm():
             return f"vxm.{op.op.value}"
+        case Chain():  # by its operations, each once, in order
+            return "chain." + "+".join(dict.fromkeys(s.op.value for s in op.steps))
         case Matmul():
             return f"matmul.{_weight_group(op.w)}"
         case Pair():

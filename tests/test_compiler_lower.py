@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from frontend_refs import our_model
 
-from openlpu.compiler.chipgraph import Pair, Receive, Role, Send
+from openlpu.compiler.chipgraph import Chain, Pair, Receive, Role, Send
 from openlpu.compiler.lower import (
     MASK_LANE,
     Dims,
@@ -29,6 +29,8 @@ from openlpu.errors import ConfigError, DoesNotFitError
 from openlpu.hardware.chip import load_chip
 from openlpu.hardware.geometry import Hemisphere
 from openlpu.ir.interpret import rope_tables
+from openlpu.isa.opcodes import Opcode
+from openlpu.isa.types import DType
 
 CHIP = load_chip("groqchip1")
 W, E = Hemisphere.W, Hemisphere.E
@@ -147,9 +149,25 @@ def test_the_scores_run_on_both_mxms_and_skip_the_head_sum_matrix_tiles_that_are
     graph = lower_chip(model, Dims(model.config, 16), 0, range(1), first=True, last=True)
     (scores,) = [op for op in graph.ops if isinstance(op, Pair) and op.west.w.startswith("scores_ones")]
     assert (scores.west.w, scores.east.w) == ("scores_ones_w", "scores_ones_e")
-    assert "qk_lo" in scores.west.a and "qk_hi" in scores.east.a  # the products' lo halves west, hi halves east
+    assert "qk_hi" in scores.west.a and "qk_lo" in scores.east.a  # the products' hi halves west, lo halves east
     # [b0 b1] x [n0 n1]: heads stay in their block, but the mask lane (block 1) reaches every head
     assert scores.west.skip == scores.east.skip == {(0, 1)}
+
+
+def test_the_attention_streams_its_dependent_steps_through_the_alu_ranks():
+    model = our_model(1)
+    graph = lower_chip(model, Dims(model.config, 16), 0, range(1), first=True, last=True)
+    chains = [op for op in graph.ops if isinstance(op, Chain)]
+    split = chains[0]  # the products' split: mul, the fp16 cast beside two exact fp32 casts, the subtraction
+    assert [s.op for s in split.steps] == [Opcode.MUL] + [Opcode.CAST] * 4 + [Opcode.SUB]
+    written = {n for n in split.writes() if graph.tensors[n].role is not Role.STREAM}
+    assert {graph.tensors[n].dtype for n in written} == {DType.FP16, DType.FP32} and len(written) == 2
+    assert [s.op for s in chains[1].steps] == [Opcode.SUB, Opcode.EXP]
+    # the softmax sum and the weighted sum: each tree level of both in one pass, flowing opposite ways
+    levels = [c for c in chains[2:] if len(c.steps) == 2 and {s.op for s in c.steps} == {Opcode.ADD}]
+    assert len(levels) == 4  # log2(16) rows
+    assert all(graph.tensors[a.out.name].hemisphere is not graph.tensors[b.out.name].hemisphere
+               for a, b in (c.steps for c in levels))
 
 
 def test_chips_pass_the_hidden_state_along_and_only_the_last_has_the_head():

@@ -12,7 +12,16 @@ from openlpu.isa.opcodes import Opcode
 from openlpu.isa.program import Placement, Tensor
 from openlpu.isa.types import DType
 from openlpu.kernels.builder import ProgramBuilder
-from openlpu.kernels.vectors import View, _bursts, emit_vxm, row_binary, scatter_row, stream_groups
+from openlpu.kernels.vectors import (
+    ChainStep,
+    View,
+    _bursts,
+    emit_chain,
+    emit_vxm,
+    row_binary,
+    scatter_row,
+    stream_groups,
+)
 from openlpu.sim.engine import simulate
 
 CHIP = load_chip("groqchip1")
@@ -86,3 +95,65 @@ def test_a_block_step_of_zero_rereads_one_block_row_by_row():
     view = View(t, 1, 2, 0, 3, 1, 0)  # block 1, twice
     assert view.count == 6
     assert [view.at(k) for k in range(6)] == [(0, 43), (0, 44), (0, 45)] * 2
+
+
+def _split_chain(b: ProgramBuilder, rows: int) -> tuple[list[ChainStep], dict[str, Tensor]]:
+    """hi = fp16(k * q), rest = k * q - fp32(hi): k east, q one row west, both results west (the scores' split)."""
+    def t(name: str, h: Hemisphere, first: int, n: int, dtype: DType = F32) -> Tensor:
+        return Tensor(name=name, dtype=dtype, rows=n, cols=640,
+                      placement=Placement(hemisphere=h, first_slice=first, address=0))
+
+    ts = {"k": t("k", Hemisphere.E, 0, rows), "q": t("q", Hemisphere.W, 8, 1),
+          "hi": t("hi", Hemisphere.W, 0, rows, DType.FP16), "rest": t("rest", Hemisphere.W, 4, rows)}
+    b.tensors += list(ts.values())
+    v = {n: View.of(x, 320) for n, x in ts.items()}
+    cast = Opcode.CAST
+    steps = [ChainStep(Opcode.MUL, F32, (v["k"], v["q"].broadcast(rows)), None),
+             ChainStep(cast, F32, (0,), v["hi"], to=DType.FP16),
+             ChainStep(cast, F32, (0,), None, to=F32),
+             ChainStep(cast, DType.FP16, (1,), None, to=F32),
+             ChainStep(cast, F32, (2,), None, to=F32),
+             ChainStep(Opcode.SUB, F32, (4, 3), v["rest"])]
+    return steps, ts
+
+
+def test_a_chain_runs_dependent_steps_in_one_pass_through_the_ranks():
+    rows = 64
+    rng = np.random.default_rng(4)
+    k, q = rng.normal(size=(rows, 640)).astype(np.float32), rng.normal(size=(1, 640)).astype(np.float32)
+    b = ProgramBuilder(CHIP, "split")
+    steps, _ = _split_chain(b, rows)
+    done = emit_chain(b, steps, 3)
+    result = simulate(b.build(), CHIP, {"k": k, "q": q})
+    assert result.cycles == b.predicted_cycles() <= done + CHIP.lanes.superlanes
+    prod = k * q
+    hi = prod.astype(np.float16)
+    assert np.array_equal(result.tensors["hi"].view(np.uint16), hi.view(np.uint16))
+    assert np.array_equal(result.tensors["rest"], prod - hi.astype(np.float32))
+    # one pass: about one train's length, where the same steps one train each take four (the copies are free)
+    assert done - 3 < 2 * 2 * rows
+
+
+def test_a_chain_step_whose_operands_arrive_apart_is_refused():
+    b = ProgramBuilder(CHIP, "apart")
+    steps, _ = _split_chain(b, 4)
+    # without the two delaying casts, the product reaches the subtraction two ranks before fp32(hi) does
+    steps = [*steps[:2], steps[3], ChainStep(Opcode.SUB, F32, (0, 2), steps[-1].out)]
+    with pytest.raises(ProgramError, match="must arrive together"):
+        emit_chain(b, steps, 0)
+
+
+def test_a_chain_step_nothing_uses_is_refused():
+    b = ProgramBuilder(CHIP, "unused")
+    steps, _ = _split_chain(b, 4)
+    steps.append(ChainStep(Opcode.NEG, F32, (0,), None))
+    with pytest.raises(ProgramError, match="step 6 is neither written nor read; drop it"):
+        emit_chain(b, steps, 0)
+
+
+def test_a_chain_deeper_than_the_ranks_is_refused():
+    b = ProgramBuilder(CHIP, "deep")
+    steps, _ = _split_chain(b, 4)
+    steps.append(ChainStep(Opcode.CAST, F32, (5,), None, to=DType.FP16))
+    with pytest.raises(ProgramError, match="rank 4 of the pass; the VXM has 4"):
+        emit_chain(b, steps, 0)

@@ -6,7 +6,9 @@ so the padding lanes are part of the tensor and the fast path sees exactly what 
 vectors of a tensor in the order a train carries them (see `openlpu.kernels.vectors.View`).
 
 Operations:
-    Vxm      out = op(ins...) elementwise on one ALU; inputs in one hemisphere, output in the other
+    Vxm      out = op(ins...) elementwise on one ALU; inputs in either hemisphere, output in the other
+    Chain    Vxm steps in one pass through the ALU ranks: a step's result flows on a stream to the steps that
+             read it, one rank on; only its non-STREAM results are written to SRAM (all in one hemisphere)
     Matmul   c = a @ w on the MXM of their hemisphere (fp16 in, fp32 out; int8 in, int32 out), skipping the
              tiles of a constant w that are all zero
     Pair     two matmuls side by side, one on each hemisphere's MXM (they share no unit, slice or stream segment)
@@ -39,6 +41,7 @@ class Role(enum.Enum):
     STATE = "state"  # kept in SRAM from step to step (KV cache)
     ACT = "act"  # lives from the operation that writes it to its last reader
     OUTPUT = "output"  # read by the host after the step (logits)
+    STREAM = "stream"  # flows on a stream from one step of a Chain to the next; never in SRAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,24 @@ class Vxm:
     def __str__(self) -> str:
         extra = (f" imm={self.imm!r}" if self.imm is not None else "") + (f" to={self.to.value}" if self.to else "")
         return f"vxm.{self.op.value} {self.dtype.value} {self.out} <- {', '.join(map(str, self.ins))}{extra}"
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """VXM steps streamed through the ALU ranks in one pass: a step reads SRAM tensors and the results of earlier
+    steps (whole, in the order they flow), and its result is written to SRAM unless its tensor is a STREAM one."""
+
+    steps: tuple[Vxm, ...]
+
+    def reads(self) -> tuple[str, ...]:
+        made = {s.out.name for s in self.steps}
+        return tuple(dict.fromkeys(r.name for s in self.steps for r in s.ins if r.name not in made))
+
+    def writes(self) -> tuple[str, ...]:
+        return tuple(s.out.name for s in self.steps)
+
+    def __str__(self) -> str:
+        return "chain { " + " ; ".join(map(str, self.steps)) + " }"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +264,7 @@ class Receive:
         return f"receive {self.dst}"
 
 
-Operation = Vxm | Matmul | Pair | RmsNorm | TokenScale | LaneMix | Scatter | Send | Receive
+Operation = Vxm | Chain | Matmul | Pair | RmsNorm | TokenScale | LaneMix | Scatter | Send | Receive
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from openlpu.compiler.chipgraph import (
+    Chain,
     ChipGraph,
     LaneMix,
     Matmul,
@@ -154,9 +155,10 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
     """Run `graph` on `env` (every tensor by name, updated in place). Returns what the chip sends."""
     tensors, sent = graph.tensors, []
     for op in graph.ops:
-        if isinstance(op, Vxm):
-            args = [take(tensors[r.name], r, env[r.name]) for r in op.ins]
-            _store(tensors, env, op.out, vxm(op, args[0], args[1] if len(args) > 1 else None))
+        if isinstance(op, Vxm | Chain):  # a chain's steps in order: what flows on its streams is what they compute
+            for step in op.steps if isinstance(op, Chain) else (op,):
+                args = [take(tensors[r.name], r, env[r.name]) for r in step.ins]
+                _store(tensors, env, step.out, vxm(step, args[0], args[1] if len(args) > 1 else None))
         elif isinstance(op, LaneMix):
             terms = [(r, take(tensors[m.name], m, env[m.name])) for r, m in op.terms]
             _store(tensors, env, op.out, fast_lane_mix(take(tensors[op.x.name], op.x, env[op.x.name]), terms))

@@ -9,10 +9,12 @@ One decode step (one token at position t against a KV cache of `context` rows) b
           + rot(qkv, +dh/2) * sin_pos                     the signs and the halves in the host's sin rows (v: cos 1)
     kx  = sum_s mask_s * rot(r[k, v], s)                 LaneMix: each KV head copied to the lanes of its query heads
     K[t], V[t] = kx[k], kx[v]                            scatters at the host-given position
-    s   = rowsum64(K * q)                                scores: products on the VXM, split hi + lo in fp16,
-                                                          summed per head by a 0/1 matrix on both MXMs at once
-                                                          (hi east, lo west: a Pair), then hi + lo on the VXM
-    p   = exp(s - max_rows s);  o = sum_rows(p * V) / sum_rows(p)     trees over rows on the VXM
+    s   = rowsum64(K * q)                                scores: products on the VXM split hi + lo in fp16 in
+                                                          the same pass through the ALU ranks (a Chain), summed
+                                                          per head by a 0/1 matrix on both MXMs at once (hi
+                                                          west, lo east: a Pair), then hi + lo on the VXM
+    p   = exp(s - max_rows s);  o = sum_rows(p * V) / sum_rows(p)     trees over rows on the VXM (exp(s - m): one
+                                                          Chain; each level of the two sums: one Chain)
     x  += fp16(o) @ Wo;  x += fp16(silu(g) * u) @ Wd  with g, u = fp16(rmsnorm(x)) @ Wg, @ Wu on the two MXMs
                                                           at once (a Pair: Wg and Wu sit on opposite sides)
 
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from openlpu.compiler.chipgraph import (
+    Chain,
     ChipGraph,
     LaneMix,
     Matmul,
@@ -359,9 +362,10 @@ class _Graph:
     def side(self, r: Ref) -> Hemisphere:
         return self.tensors[r.name].hemisphere
 
-    def temp(self, stem: str, dtype: DType, rows: int, blocks: int, h: Hemisphere, interleave: int = 1) -> Ref:
+    def temp(self, stem: str, dtype: DType, rows: int, blocks: int, h: Hemisphere, interleave: int = 1,
+             role: Role = Role.ACT) -> Ref:
         self.count += 1
-        return self.tensor(f"{stem}_{self.count}", dtype, rows, blocks * LANES, h, Role.ACT, interleave=interleave)
+        return self.tensor(f"{stem}_{self.count}", dtype, rows, blocks * LANES, h, role, interleave=interleave)
 
     def vxm(self, op: Opcode, dtype: DType, ins: list[Ref], stem: str, *, imm: float | None = None,
             to: DType | None = None, out: Ref | None = None, interleave: int = 1) -> Ref:
@@ -481,14 +485,22 @@ class _Graph:
 
     def tree(self, op: Opcode, x: Ref, stem: str) -> Ref:
         """op over the rows of x (power-of-two rows, interleaved by 2): pairs of rows, level by level."""
-        rows, blocks = self.shape(x)
+        return self.trees(op, [x], [stem])[0]
+
+    def trees(self, op: Opcode, xs: list[Ref], stems: list[str]) -> list[Ref]:
+        """`tree` of each x (all of one shape), side by side: each level of every tree in one pass (a Chain;
+        trees on opposite sides flow opposite ways)."""
+        rows, blocks = self.shape(xs[0])
         while rows > 1:
             half = rows // 2
-            even = Ref(x.name, row0=0, rows=half, step=2)
-            odd = Ref(x.name, row0=1, rows=half, step=2)
-            x = self.vxm(op, F32, [even, odd], stem, interleave=2 if half > 1 else 1)
-            rows = half
-        return x
+            steps = []
+            for x, stem in zip(xs, stems):
+                out = self.temp(stem, F32, half, blocks, other(self.side(x)), 2 if half > 1 else 1)
+                pair = (Ref(x.name, row0=0, rows=half, step=2), Ref(x.name, row0=1, rows=half, step=2))
+                steps.append(Vxm(op, F32, pair, out))
+            self.ops.append(steps[0] if len(steps) == 1 else Chain(tuple(steps)))
+            xs, rows = [s.out for s in steps], half
+        return xs
 
 
 def _weight(g: _Graph, name: str, ws: dict[str, np.ndarray], key: str, side: Hemisphere) -> Ref:
@@ -574,19 +586,45 @@ def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref) -> Ref:
     returns its output row."""
     rows, _ = g.shape(kc)
     # scores: K * q on the VXM, split into fp16 hi + lo, summed per head on both MXMs
-    prod = g.vxm(Opcode.MUL, F32, [kc, q], p + "qk")
-    hi = g.vxm(Opcode.CAST, F32, [prod], p + "qk_hi", to=F16)
-    rest = g.vxm(Opcode.SUB, F32, [prod, g.vxm(Opcode.CAST, F16, [hi], p + "qk_hi32", to=F32)], p + "qk_rest")
+    hi, rest = _split_products(g, kc, q, p + "qk")
     lo = g.vxm(Opcode.CAST, F32, [rest], p + "qk_lo", to=F16)
-    halves = g.pair({W: (lo, "scores_ones_w"), E: (hi, "scores_ones_e")}, p + "scores", skip=_score_skip(dims))
-    scores = g.vxm(Opcode.ADD, F32, [halves[E], halves[W]], p + "scores", interleave=2)
+    halves = g.pair({g.side(hi): (hi, f"scores_ones_{g.side(hi).value}"),
+                     g.side(lo): (lo, f"scores_ones_{g.side(lo).value}")}, p + "scores", skip=_score_skip(dims))
+    # lo's sum first: the scores land beside hi's (the side with room next to the cache's other half)
+    scores = g.vxm(Opcode.ADD, F32, [halves[g.side(lo)], halves[g.side(hi)]], p + "scores", interleave=2)
     top = g.tree(Opcode.MAX, scores, p + "max")
-    shifted = g.vxm(Opcode.SUB, F32, [scores, _broadcast(top, rows)], p + "shifted")
-    e = g.vxm(Opcode.EXP, F32, [shifted], p + "exp", interleave=2)
-    total = g.tree(Opcode.ADD, e, p + "sum")
+    _, blocks = g.shape(scores)
+    there = other(g.side(scores))  # exp(scores - max) in one pass: the difference only flows to the exp
+    shifted = g.temp(p + "shifted", F32, rows, blocks, there, role=Role.STREAM)
+    e = g.temp(p + "exp", F32, rows, blocks, there, interleave=2)
+    g.ops.append(Chain((Vxm(Opcode.SUB, F32, (scores, _broadcast(top, rows)), shifted),
+                        Vxm(Opcode.EXP, F32, (shifted,), e))))
     weighted = g.vxm(Opcode.MUL, F32, [e, vc], p + "pv", interleave=2)
-    o = g.tree(Opcode.ADD, weighted, p + "o_sum")
+    total, o = g.trees(Opcode.ADD, [e, weighted], [p + "sum", p + "o_sum"])
     return g.vxm(Opcode.MUL, F32, [o, g.vxm(Opcode.RECIP, F32, [total], p + "inv_sum")], p + "o")
+
+
+def _split_products(g: _Graph, kc: Ref, q: Ref, stem: str) -> tuple[Ref, Ref]:
+    """hi = fp16(kc * q) and rest = kc * q - fp32(hi), both on the other side of kc, in one pass through the ALU
+    ranks (a Chain): the product flows to the cast to fp16 and, beside it, through two fp32-to-fp32 casts (exact),
+    so that it reaches the subtraction in the cycle fp32(hi) does, whatever the conversion latency."""
+    rows, blocks = g.shape(kc)
+    there = other(g.side(kc))
+
+    def flowing(name: str) -> Ref:
+        return g.temp(f"{stem}_{name}", F32, rows, blocks, there, role=Role.STREAM)
+
+    prod, late, hi32, later = flowing("prod"), flowing("late"), flowing("hi32"), flowing("later")
+    hi, rest = g.temp(stem + "_hi", F16, rows, blocks, there), g.temp(stem + "_rest", F32, rows, blocks, there)
+    g.ops.append(Chain((
+        Vxm(Opcode.MUL, F32, (kc, q), prod),
+        Vxm(Opcode.CAST, F32, (prod,), hi, to=F16),
+        Vxm(Opcode.CAST, F32, (prod,), late, to=F32),
+        Vxm(Opcode.CAST, F16, (hi,), hi32, to=F32),
+        Vxm(Opcode.CAST, F32, (late,), later, to=F32),
+        Vxm(Opcode.SUB, F32, (later, hi32), rest),
+    )))
+    return hi, rest
 
 
 def _broadcast(row: Ref, rows: int) -> Ref:

@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from openlpu.compiler.chipgraph import (
+    Chain,
     ChipGraph,
     LaneMix,
     Matmul,
@@ -65,6 +66,8 @@ def together(graph: ChipGraph) -> dict[str, set[str]]:
     for op in graph.ops:
         if isinstance(op, Vxm):  # the output may share a hemisphere with an input
             groups = [{r.name for r in op.ins} | {op.out.name}]
+        elif isinstance(op, Chain):  # everything it reads from and writes to SRAM, at once
+            groups = [{n for n in (*op.reads(), *op.writes()) if graph.tensors[n].role is not Role.STREAM}]
         elif isinstance(op, Matmul):
             groups = [{op.a, op.w, op.c}]
         elif isinstance(op, Pair):  # each MXM's operands in its own hemisphere
@@ -127,7 +130,7 @@ def place(graph: ChipGraph, chip: Chip, fixed: dict[str, Tensor] | None = None) 
         placed[t.name] = _tensor(t, first, top[h])
         top[h] += size
     for t in graph.tensors.values():
-        if t.name in placed:
+        if t.name in placed or t.role is Role.STREAM:  # a chain's stream-only results take no SRAM
             continue
         h = t.hemisphere
         t0, t1 = life[t.name]
@@ -201,7 +204,7 @@ def check(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip) -> None:
     """The placement verifier: every tensor inside the SRAM, and no two tensors that are live at the same time
     share an address of a slice. Raises InternalError (a compiler bug) naming both."""
     lanes, life = chip.lanes.lanes, lifetimes(graph)
-    missing = set(graph.tensors) - set(placed)
+    missing = {n for n, t in graph.tensors.items() if t.role is not Role.STREAM} - set(placed)
     if missing:
         raise InternalError(f"chip {graph.index}: tensors {sorted(missing)[:3]} were not placed")
     items = [(t, t.slices_used(), t.addresses_used(lanes), life[n]) for n, t in placed.items()]

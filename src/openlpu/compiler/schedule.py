@@ -2,8 +2,9 @@
 
 Operations run one after another: each starts when everything the previous one wrote has landed (the emitters
 return that cycle), so no two operations ever share a unit, a stream or a bank, and the program's cycle count is
-known before it runs. The one exception is a `Pair`: two matmuls that start together, one on each hemisphere's
-MXM, each on its own hemisphere's slices and streams. Inside an operation the emitters overlap what the hardware
+known before it runs. The exception is a `Pair`: two matmuls that start together, one on each hemisphere's
+MXM, each on its own hemisphere's slices and streams; and a `Chain` is one operation whose steps run in one pass
+through the VXM's ALU ranks (`emit_chain`). Inside an operation the emitters overlap what the hardware
 allows (the matmul loads the next weight tile while the current one multiplies; reads stream one vector per
 cycle).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from openlpu.compiler.chipgraph import (
+    Chain,
     ChipGraph,
     LaneMix,
     Matmul,
@@ -41,7 +43,7 @@ from openlpu.kernels.lanemix import Term, emit_lane_mix
 from openlpu.kernels.matmul import emit_matmul
 from openlpu.kernels.quantize import emit_token_scale
 from openlpu.kernels.rmsnorm import emit_rmsnorm
-from openlpu.kernels.vectors import View, emit_scatter, emit_vxm, read_view
+from openlpu.kernels.vectors import ChainStep, View, emit_chain, emit_scatter, emit_vxm, read_view
 
 EAST_LINK, WEST_LINK = QueueId(Unit.C2C, Hemisphere.E, 0), QueueId(Unit.C2C, Hemisphere.W, 0)
 
@@ -63,7 +65,7 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
     """Emit `graph` on `chip`. `arrivals`: the cycles at which the vectors this chip receives arrive."""
     b = ProgramBuilder(chip, f"{name}.chip{graph.index}")
     # Activations share addresses over time, so only what outlives the step is declared (loaded, read back).
-    b.tensors += [placed[t.name] for t in graph.tensors.values() if t.role is not Role.ACT]
+    b.tensors += [placed[t.name] for t in graph.tensors.values() if t.role not in (Role.ACT, Role.STREAM)]
     lanes = chip.lanes.lanes
     t, spans, sent = 0, [], ()
 
@@ -77,6 +79,8 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
         start = t
         if isinstance(op, Vxm):
             t = emit_vxm(b, op.op, op.dtype, [view(r) for r in op.ins], view(op.out), t, imm=op.imm, to=op.to)
+        elif isinstance(op, Chain):
+            t = emit_chain(b, _chain_steps(op, graph, view), t)
         elif isinstance(op, Matmul):
             t = emit_matmul(b, placed[op.a], placed[op.w], placed[op.c], t, skip=op.skip)
         elif isinstance(op, Pair):
@@ -99,6 +103,15 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
             raise InternalError(f"no emitter for {op!r}")
         spans.append((start, t))
     return Scheduled(b.build(), b.predicted_cycles(), tuple(spans), sent)
+
+
+def _chain_steps(op: Chain, graph: ChipGraph, view) -> list[ChainStep]:
+    """The chain's steps for its emitter: an input made by an earlier step by that step's index, a STREAM result
+    unwritten."""
+    made = {s.out.name: i for i, s in enumerate(op.steps)}
+    return [ChainStep(s.op, s.dtype, tuple(made[r.name] if r.name in made else view(r) for r in s.ins),
+                      None if graph.tensors[s.out.name].role is Role.STREAM else view(s.out), s.imm, s.to)
+            for s in op.steps]
 
 
 def _pair(b: ProgramBuilder, op: Pair, placed: dict[str, Tensor], start: int) -> int:

@@ -214,6 +214,140 @@ def emit_vxm(b: ProgramBuilder, op: Opcode, dtype: DType, inputs: list[View], ou
     return write_view(b, refs[-1], produced - here * d_out.step, out)
 
 
+@dataclass(frozen=True, slots=True)
+class ChainStep:
+    """One step of `emit_chain`: `op` on inputs that are SRAM views or earlier steps' results (by index, flowing
+    on their streams), its result written to `out` or, with `out` None, only flowing on."""
+
+    op: Opcode
+    dtype: DType
+    ins: tuple[View | int, ...]
+    out: View | None
+    imm: float | int | None = None
+    to: DType | None = None
+
+
+def emit_chain(b: ProgramBuilder, steps: list[ChainStep], start: int) -> int:
+    """Every step on its own ALU, in one pass toward the hemisphere its result is written in (a result that is
+    only read on flows the way its readers do, so independent steps may flow either way at once): a step that
+    reads no earlier step sits in the first rank its pass crosses, the others one rank past the last step they
+    read, and each reads its stream operands in the cycle they arrive (they must arrive together: give the paths
+    equal latencies). SRAM inputs are read to arrive just then. Returns the first cycle after the last write
+    landed."""
+    where = "chain " + " ; ".join(s.op.value for s in steps)
+    counts = {v.count for s in steps for v in (*s.ins, s.out) if isinstance(v, View)}
+    if len(counts) != 1:
+        raise ProgramError(f"{where}: views carry {sorted(counts)} vectors; every step streams the same number")
+    count = counts.pop()
+    levels = _levels(steps, b.chip.vxm.ranks, where)
+    flow = _directions(steps, where)
+    alus = _chain_alus(b.chip, steps, levels, flow, where)
+    here = [b.position(vxm_queue(a)) for a in alus]
+    refs = _chain_streams(b.chip, steps, flow, where)
+    # issue cycles relative to the first rank's, then shifted so that no read issues before `start`
+    rel: list[int] = []
+    for i, s in enumerate(steps):
+        arrive = {rel[j] + semantics.latency(b.chip, steps[j].op) + abs(here[i] - here[j])
+                  for j in s.ins if isinstance(j, int)}
+        if len(arrive) > 1:
+            raise ProgramError(f"{where}: step {i} ({s.op.value}) gets its stream operands in cycles "
+                               f"{sorted(arrive)} after the pass starts; they must arrive together")
+        rel.append(arrive.pop() if arrive else 0)
+    t0 = max((start + far_read(b, [v], here[i]) - rel[i] for i, s in enumerate(steps) for v in s.ins
+              if isinstance(v, View)), default=start)
+    done = t0
+    for i, s in enumerate(steps):
+        issue = t0 + rel[i]
+        operands = []
+        for k, v in enumerate(s.ins):
+            if isinstance(v, int):
+                operands.append(refs[v][0])
+            else:
+                read_view(b, v, refs[i][1 + k], here[i], issue)
+                operands.append(refs[i][1 + k])
+        out = refs[i][0]
+        b.place(vxm_queue(alus[i]), issue, Instruction(op=s.op, dtype=s.dtype, to=s.to, imm=s.imm, out=out,
+                                                       **dict(zip(("a", "b"), operands))), count)
+        if s.out is not None:
+            produced = issue + semantics.latency(b.chip, s.op)
+            done = max(done, write_view(b, out, produced - here[i] * flow[i].step, s.out))
+    return done
+
+
+def _levels(steps: list[ChainStep], ranks: int, where: str) -> list[int]:
+    """Each step's rank in the order its pass crosses them: 0 without stream operands, else one past theirs."""
+    levels: list[int] = []
+    for i, s in enumerate(steps):
+        earlier = [j for j in s.ins if isinstance(j, int)]
+        if any(not 0 <= j < i for j in earlier):
+            raise ProgramError(f"{where}: step {i} reads a step that does not come before it: {earlier}")
+        level = 1 + max((levels[j] for j in earlier), default=-1)
+        if level >= ranks:
+            raise ProgramError(f"{where}: step {i} would sit in rank {level} of the pass; the VXM has {ranks}")
+        levels.append(level)
+    return levels
+
+
+def _directions(steps: list[ChainStep], where: str) -> list[Direction]:
+    """The way each step's result flows: toward its output's hemisphere, or, unwritten, the way its readers'
+    results flow (all of them the same way)."""
+    flow: list[Direction | None] = [None if s.out is None else Direction.W if s.out.hemisphere is W else Direction.E
+                                    for s in steps]
+    for i in reversed(range(len(steps))):
+        if flow[i] is None:  # read by no step and not written: reported below
+            continue
+        for j in (j for j in steps[i].ins if isinstance(j, int)):
+            if flow[j] is None and steps[j].out is None:
+                flow[j] = flow[i]
+            if flow[j] is not flow[i]:
+                raise ProgramError(f"{where}: step {j} ({steps[j].op.value}) feeds results written to both "
+                                   "hemispheres; a stream flows one way")
+    if None in flow:
+        raise ProgramError(f"{where}: step {flow.index(None)} is neither written nor read; drop it")
+    return flow  # type: ignore[return-value]
+
+
+def _chain_alus(chip: Chip, steps: list[ChainStep], levels: list[int], flow: list[Direction],
+                where: str) -> list[int]:
+    """An ALU for each step in its rank (its level counted the way it flows), large ones for the operations that
+    need them, small ones first for the others."""
+    ranks = chip.vxm.ranks
+    rank = [lv if d is Direction.E else ranks - 1 - lv for lv, d in zip(levels, flow)]
+    free = {r: [a for a in range(chip.vxm.alus) if a % ranks == r] for r in range(ranks)}
+    out: list[int] = [-1] * len(steps)
+    for i in sorted(range(len(steps)), key=lambda i: steps[i].op not in VXM_LARGE_ONLY):
+        large = steps[i].op in VXM_LARGE_ONLY
+        fits = [a for a in free[rank[i]] if a in chip.vxm.large_alus] if large else \
+            sorted(free[rank[i]], key=lambda a: a in chip.vxm.large_alus)
+        if not fits:
+            raise ProgramError(f"{where}: rank {rank[i]} has no {'large ' if large else ''}ALU left for step {i} "
+                               f"({steps[i].op.value})")
+        out[i] = fits[0]
+        free[rank[i]].remove(fits[0])
+    return out
+
+
+def _chain_streams(chip: Chip, steps: list[ChainStep], flow: list[Direction],
+                   where: str) -> list[list[StreamRef | None]]:
+    """Per step: its result's stream group (flowing with its pass), then one per operand (an SRAM view's flows
+    from its hemisphere to the VXM; a stream operand's is None). Groups per direction, widest first."""
+    wanted: list[tuple[int, int, Direction, int]] = []  # (step, slot, direction, width)
+    for i, s in enumerate(steps):
+        wanted.append((i, 0, flow[i], (s.to or s.dtype).width_bytes))
+        wanted += [(i, 1 + k, toward(v.hemisphere), v.dtype.width_bytes) for k, v in enumerate(s.ins)
+                   if isinstance(v, View)]
+    refs: list[list[StreamRef | None]] = [[None] * (1 + len(s.ins)) for s in steps]
+    for direction in Direction:
+        mine = sorted((w for w in wanted if w[2] is direction), key=lambda w: -w[3])
+        firsts = stream_groups([w[3] for w in mine])
+        if mine and firsts[-1] + mine[-1][3] > chip.streams.streams_per_direction:
+            raise ProgramError(f"{where}: needs {firsts[-1] + mine[-1][3]} {direction.value}ward streams; "
+                               f"there are {chip.streams.streams_per_direction}")
+        for (i, slot, _, _), first in zip(mine, firsts):
+            refs[i][slot] = StreamRef(direction, first)
+    return refs
+
+
 def emit_scatter(b: ProgramBuilder, src: View, dst: Tensor, index: View, start: int) -> int:
     """Write the vectors of `src` (one row, block j for j = 0, 1, ...) into row `index[lane]` of block j of the
     row-major tensor `dst`, in the other hemisphere. `index` is a one-row int16 view, every lane the row."""

@@ -117,7 +117,7 @@ class Session:
         if any(s.program is None for s in scheduled):
             raise ConfigError("this compiled model was loaded without its programs (compile_model(programs=False)); "
                               "load it with programs=True to run it cycle by cycle")
-        kept = [{t.name for t in g.tensors.values() if t.role is not Role.ACT} for g in graphs]
+        kept = [{t.name for t in g.tensors.values() if t.role not in (Role.ACT, Role.STREAM)} for g in graphs]
         loads = [{**{n: v for n, v in env.items() if n in names}, **given}
                  for env, names, given in zip(self.state, kept, inputs)]
         result = simulate_system(pipeline(c.chip, c.chips), [s.program for s in scheduled], loads,
