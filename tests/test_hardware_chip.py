@@ -128,6 +128,18 @@ BAD_CHIPS = {
         _set("vxm", large_alus=[0, 16]),
         "my.toml: [vxm.large_alus]: ALU ids [16] are outside 0..15",
     ),
+    "too few large ALUs for the kernels": (
+        _set("vxm", large_alus=[0, 5, 10, 15]),
+        "my.toml: [vxm]: ranks = 4 with [1, 1, 1, 1] large ALUs per rank: the kernels chain operations through four "
+        "ranks with two large ALUs side by side in each (the reference's 4x4 mesh, large ALUs in a checkerboard); "
+        "give ranks >= 4 and at least two large ALUs in every rank (ALU id = ranks * row + rank)",
+    ),
+    "too few ranks for the kernels": (
+        _set("vxm", ranks=2),
+        "my.toml: [vxm]: ranks = 2 with [4, 4] large ALUs per rank: the kernels chain operations through four "
+        "ranks with two large ALUs side by side in each (the reference's 4x4 mesh, large ALUs in a checkerboard); "
+        "give ranks >= 4 and at least two large ALUs in every rank (ALU id = ranks * row + rank)",
+    ),
 }
 
 

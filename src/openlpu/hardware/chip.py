@@ -232,6 +232,12 @@ def _check_consistency(c: Chip) -> None:
     bad = [a for a in c.vxm.large_alus if not 0 <= a < c.vxm.alus]
     if bad:
         raise _fail(src, "vxm.large_alus", f"ALU ids {bad} are outside 0..{c.vxm.alus - 1}")
+    per_rank = [sum(a % c.vxm.ranks == r for a in set(c.vxm.large_alus)) for r in range(c.vxm.ranks)]
+    if c.vxm.ranks < 4 or min(per_rank) < 2:
+        raise _fail(src, "vxm", f"ranks = {c.vxm.ranks} with {per_rank} large ALUs per rank: the kernels chain "
+                                "operations through four ranks with two large ALUs side by side in each (the "
+                                "reference's 4x4 mesh, large ALUs in a checkerboard); give ranks >= 4 and at least "
+                                "two large ALUs in every rank (ALU id = ranks * row + rank)")
     if c.mxm.planes % 2:
         raise _fail(src, "mxm.planes", f"value {c.mxm.planes} must be even (half the planes per hemisphere)")
     if c.mxm.plane_rows != c.lanes.lanes or c.mxm.plane_columns != c.lanes.lanes:
