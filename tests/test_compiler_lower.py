@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from frontend_refs import our_model
 
-from openlpu.compiler.chipgraph import Chain, Pair, Receive, Role, Send
+from openlpu.compiler.chipgraph import Chain, Pair, Receive, Role, Send, Vxm
 from openlpu.compiler.lower import (
     MASK_LANE,
     Dims,
     check_model,
+    fuse_runs,
     head_columns,
     head_weights,
     kv_lanes,
@@ -168,6 +169,18 @@ def test_the_attention_streams_its_dependent_steps_through_the_alu_ranks():
     assert len(levels) == 4  # log2(16) rows
     assert all(graph.tensors[a.out.name].hemisphere is not graph.tensors[b.out.name].hemisphere
                for a, b in (c.steps for c in levels))
+
+
+def test_runs_of_vxm_operations_whose_results_nothing_else_reads_become_chains():
+    model = our_model(1)
+    graph = lower_chip(model, Dims(model.config, 16), 0, range(1), first=True, last=True)
+    (ffn,) = [op for op in graph.ops if isinstance(op, Chain) and op.steps[0].op is Opcode.SILU]
+    assert [s.op for s in ffn.steps] == [Opcode.SILU, Opcode.MUL, Opcode.CAST]
+    assert [graph.tensors[s.out.name].role for s in ffn.steps] == [Role.STREAM, Role.STREAM, Role.ACT]
+    # the residual after attention feeds the next norm and the block's last add: written, and its add alone
+    (residual,) = [op for op in graph.ops if isinstance(op, Vxm) and op.out.name.startswith("l0_x_att")]
+    assert graph.tensors[residual.out.name].role is Role.ACT
+    assert fuse_runs(graph) == graph  # nothing left to fuse
 
 
 def test_chips_pass_the_hidden_state_along_and_only_the_last_has_the_head():

@@ -679,7 +679,43 @@ def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first
     else:
         x = g.ensure(g.whole(x), W)
         g.ops.append(Send(x.name))
-    return ChipGraph(index, layers, dict(g.tensors), tuple(g.ops), dict(g.data))
+    return fuse_runs(ChipGraph(index, layers, dict(g.tensors), tuple(g.ops), dict(g.data)))
+
+
+def fuse_runs(graph: ChipGraph, depth: int = 4) -> ChipGraph:
+    """Runs of up to `depth` (the ALU ranks) VXM operations, each reading the whole result of the one before,
+    which nothing else reads: one Chain each, the inner results STREAM tensors (a pure function of the graph)."""
+    readers: dict[str, int] = {}
+    writers: dict[str, int] = {}
+    for op in graph.ops:
+        for name in set(op.reads()):
+            readers[name] = readers.get(name, 0) + 1
+        for name in set(op.writes()):
+            writers[name] = writers.get(name, 0) + 1
+    tensors, ops, i = dict(graph.tensors), [], 0
+    while i < len(graph.ops):
+        run = [graph.ops[i]]
+        while isinstance(run[-1], Vxm) and len(run) < depth and i + len(run) < len(graph.ops):
+            nxt, out = graph.ops[i + len(run)], run[-1].out
+            if not (isinstance(nxt, Vxm) and out == Ref(out.name) and tensors[out.name].role is Role.ACT
+                    and readers.get(out.name) == writers.get(out.name) == 1 and out in nxt.ins
+                    and _sides_hold(tensors, [*run, nxt])):
+                break
+            run.append(nxt)
+        for v in run[:-1]:
+            tensors[v.out.name] = replace(tensors[v.out.name], role=Role.STREAM)
+        ops.append(Chain(tuple(run)) if len(run) > 1 else run[0])
+        i += len(run)
+    return replace(graph, tensors=tensors, ops=tuple(ops))
+
+
+def _sides_hold(tensors: dict[str, TensorDef], run: list[Vxm]) -> bool:
+    """Whether a run, as one chain, streams at most two SRAM tensors per hemisphere at once (its inputs from
+    outside and its last result), as one VXM operation may: more, side by side on disjoint slices, can leave
+    one no free group of slices beside the weights."""
+    made = {v.out.name for v in run[:-1]}
+    touched = {r.name for v in run for r in v.ins if r.name not in made} | {run[-1].out.name}
+    return all(sum(tensors[n].hemisphere is h for n in touched) <= 2 for h in (W, E))
 
 
 def split_layers(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None = None, dtype: str = "fp16"
