@@ -8,7 +8,8 @@ vectors of a tensor in the order a train carries them (see `openlpu.kernels.vect
 Operations:
     Vxm      out = op(ins...) elementwise on one ALU; inputs in either hemisphere, output in the other
     Chain    Vxm steps in one pass through the ALU ranks: a step's result flows on a stream to the steps that
-             read it, one rank on; only its non-STREAM results are written to SRAM (all in one hemisphere)
+             read it, one rank on; only its non-STREAM results are written to SRAM (independent steps may
+             flow opposite ways, each toward the hemisphere its result is written in)
     Matmul   c = a @ w on the MXM of their hemisphere (fp16 in, fp32 out; int8 in, int32 out), skipping the
              tiles of a constant w that are all zero
     Pair     two matmuls side by side, one on each hemisphere's MXM (they share no unit, slice or stream segment)
