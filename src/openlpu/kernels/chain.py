@@ -16,19 +16,15 @@ import numpy as np
 from openlpu.errors import ProgramError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Hemisphere
-from openlpu.isa.instruction import Instruction
 from openlpu.isa.opcodes import VXM_BINARY, VXM_COMPARE, VXM_UNARY, Opcode
 from openlpu.isa.program import Check, CheckMode, Placement, Tensor
-from openlpu.isa.types import Direction, DType, StreamRef
-from openlpu.kernels.builder import ProgramBuilder, mem_queue, vxm_queue
+from openlpu.isa.types import DType
+from openlpu.kernels.builder import ProgramBuilder
 from openlpu.kernels.elementwise import immediate
 from openlpu.kernels.kernel import Kernel
+from openlpu.kernels.vectors import ChainStep, View, emit_chain
 from openlpu.sim import numerics as nx
-from openlpu.sim.semantics import latency
 
-#: Large ALUs by rank, eastward pass first (ALU id = 4 * row + rank; reference 1.4).
-EAST_ALUS = (0, 5, 10, 15)
-WEST_ALUS = (7, 2, 13, 8)
 _FP32 = DType.FP32
 
 
@@ -97,32 +93,10 @@ def _check_steps(steps: list[Step]) -> None:
 
 
 def _pass(b: ProgramBuilder, rows: int, steps: list[Step], source: Hemisphere, start: int) -> int:
-    """Stream `rows` rows from `source` through one ALU per step into the other hemisphere; returns the first
-    cycle after the pass's last write has committed."""
-    chip, geo = b.chip, b.geo
-    east = source is Hemisphere.W
-    d = Direction.E if east else Direction.W
-    alus = EAST_ALUS if east else WEST_ALUS
-    first = b.position(vxm_queue(alus[0]))
-    read_lat = chip.mem.read_latency_cycles
-    arrive = start + max(read_lat + abs(first - geo.mem(source, byte)) for byte in range(4))
-    for byte in range(4):
-        q = mem_queue(source, byte)
-        b.place(q, b.issue_to_arrive(q, read_lat, first, arrive),
-                Instruction(op=Opcode.READ, addr=0, out=StreamRef(d, byte)), rows)
-    t, stream = arrive, 0
-    for rank, step in enumerate(steps):
-        alu = vxm_queue(alus[rank])
-        out = StreamRef(d, 4 * (rank + 1))
-        b.place(alu, t, Instruction(op=step.op, dtype=_FP32, a=StreamRef(d, stream), out=out, imm=step.imm), rows)
-        produced, position = t + latency(chip, step.op), b.position(alu)
-        if rank + 1 < len(steps):
-            t = b.arrival(position, produced, vxm_queue(alus[rank + 1]))
-        stream = out.index
-    last = 0
-    for byte in range(4):
-        q = mem_queue(Hemisphere.E if east else Hemisphere.W, byte)
-        when = b.arrival(position, produced, q)
-        b.place(q, when, Instruction(op=Opcode.WRITE, addr=0, a=StreamRef(d, stream + byte)), rows)
-        last = max(last, when + rows - 1 + chip.mem.write_latency_cycles)
-    return last + 1
+    """Stream `rows` rows from `source`'s buffer through one ALU per step (`emit_chain`, one rank per step) into
+    the other hemisphere's; returns the first cycle after the pass's last write has committed."""
+    lanes = b.chip.lanes.lanes
+    buffers = {t.placement.hemisphere: t for t in b.tensors}
+    x, y = (View.of(buffers[h], lanes) for h in (source, Hemisphere.E if source is Hemisphere.W else Hemisphere.W))
+    return emit_chain(b, [ChainStep(s.op, _FP32, (x,) if k == 0 else (k - 1,), y if k == len(steps) - 1 else None,
+                                    imm=s.imm) for k, s in enumerate(steps)], start)
