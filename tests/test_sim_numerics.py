@@ -81,3 +81,60 @@ def test_a_mostly_zero_tile_summed_block_by_block_agrees_bit_for_bit():
     assert nonzero_blocks(np.ones((320, 640))) is None
     got = nx.mxm_pass_fp16(acts, w64, nx.column_norms(w64), blocks)
     assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16))
+
+
+def test_a_head_sum_tile_is_summed_exactly_without_a_bound():
+    """0/1 weights: every product is an fp16 activation, so the fp64 sum of a head's lanes is exact and no
+    certainty test is needed — even where the sum cancels to almost nothing."""
+    w = np.zeros((320, 320), np.float16)
+    for h in range(5):
+        w[64 * h:64 * (h + 1), 64 * h:64 * (h + 1)] = 1
+    w64 = w.astype(np.float64)
+    bound = nx.exact_below(w64)
+    assert bound == 2.0**29 / 64  # q = 1: a column sums at most 64 activations below 2^53 2^-24
+    rng = np.random.default_rng(3)
+    acts = (rng.normal(size=(4, 320)) * 2.0 ** rng.integers(-24, 15, (4, 320))).astype(np.float16)
+    acts[0, :4] = [60000, -60000, 2.0**-24, 2.0**-14]  # cancels down to the last bits
+    acts[1, 64:67] = [4096, 1, 2.0**-24]  # 2^24 + 1 + 2^-24: just above an fp32 tie
+    assert np.abs(acts.astype(np.float64)).max() < bound
+    got = nx.mxm_pass_fp16(acts, w64, nx.column_norms(w64), None, bound)
+    assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16)) and same_bits(got[:2, :80], exact(acts[:2], w[:, :80]))
+
+
+def test_the_exact_bound_follows_the_weights_smallest_bit_and_largest_column():
+    w = np.zeros((320, 2))
+    w[:3, 0] = [0.5, 0.25, 2.0**-10 * 3]  # smallest bit 2^-10
+    w[:2, 1] = [1.0, 1.0]
+    assert nx.exact_below(w) == 2.0**29 * 2.0**-10 / 2.0
+    assert nx.exact_below(np.zeros((320, 4))) == np.inf  # every sum is an exact zero
+    w[5, 1] = np.inf
+    assert nx.exact_below(w) == 0.0
+
+
+def test_activations_past_the_exact_bound_take_the_certified_path():
+    w = np.zeros((320, 1), np.float16)
+    w[:3, 0] = [1, 1, 1]
+    w64 = w.astype(np.float64)
+    acts = np.zeros((1, 320), np.float16)
+    acts[0, :3] = [4096, 1, 2.0**-24]
+    got = nx.mxm_pass_fp16(acts, w64, nx.column_norms(w64), None, exact_below=1000.0)  # a false bound is not used
+    assert same_bits(got, exact(acts, w))
+
+
+def test_fp32_rounds_to_fp16_as_fp64_does_ties_subnormals_saturation_and_nans_included():
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    edges = np.array([65504, 65519.996, 65520, 65536, 1e30, np.inf, 2.0**-25, 2.0**-25 * 3, 2.0**-24 * 1.5,
+                      2.0**-14 - 2.0**-25, 1 + 2.0**-11, 1 + 3 * 2.0**-11], np.float32)
+    numbers = np.concatenate([x[~np.isnan(x)], edges, -edges])  # fp32 values round on the direct route
+
+    def both(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore"):  # signalling NaNs among the random bits
+            return nx.convert(v, DType.FP32, DType.FP16), nx.convert(v.astype(np.float64), DType.FP32, DType.FP16)
+
+    for values in (numbers, x):  # x holds NaNs: their payloads are as the fp64 route makes them
+        via32, via64 = both(values)
+        assert np.array_equal(via32.view(np.uint16), via64.view(np.uint16))
+    via32, _ = both(edges)
+    assert via32[:5].tolist() == [65504] * 5 and np.isinf(via32[5]) and via32[6:10].tolist() == [
+        0, 2.0**-23, 2.0**-23, 2.0**-14] and via32[10:].tolist() == [1, 1 + 2.0**-9]

@@ -40,32 +40,39 @@ LANES = 320
 UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RECIP, Opcode.RSQRT, Opcode.TANH,
          Opcode.SIGMOID, Opcode.SILU}
 Tiles = dict[tuple[str, int], tuple | np.ndarray]  # per weight K tile: fp16 (fp64 values, column norms, nonzero
-# blocks or None), int8 fp32 values
+# blocks or None, exact_below), int8 fp32 values
+
+
+def view(t: TensorDef, ref: Ref, arr: np.ndarray, *, write: bool = False) -> np.ndarray:
+    """The vectors `ref` names as a [blocks, rows, lanes] view of arr (train order is block by block, row by row),
+    without a copy. A view to `write` may not name one vector twice."""
+    rows = t.rows if ref.rows is None else ref.rows
+    nb = t.blocks - ref.block0 if ref.blocks is None else ref.blocks
+    if ref.step < 0 or ref.block_step < 0 or ref.row0 + (rows - 1) * ref.step >= t.rows or \
+            ref.block0 + (nb - 1) * ref.block_step >= t.blocks or arr.shape != (t.rows, t.cols):
+        raise InternalError(f"{ref}: outside {t.name} [{t.rows} rows, {t.blocks} blocks]")
+    if write and ((ref.block_step == 0 and nb > 1) or (ref.step == 0 and rows > 1)):
+        raise InternalError(f"{ref}: a train cannot write one vector twice")
+    base = np.ascontiguousarray(arr) if not write else arr
+    if not base.flags.c_contiguous:
+        raise InternalError(f"{t.name}: the fast path holds tensors as contiguous arrays")
+    item = base.itemsize
+    out = np.ndarray((nb, rows, LANES), base.dtype, buffer=base, offset=(ref.row0 * t.cols + ref.block0 * LANES) * item,
+                     strides=(ref.block_step * LANES * item, ref.step * t.cols * item, item))
+    if not write:
+        out.flags.writeable = False
+    return out
 
 
 def take(t: TensorDef, ref: Ref, arr: np.ndarray) -> np.ndarray:
-    """The vectors `ref` names, [count, lanes], in train order (block by block, row by row)."""
-    rows = t.rows if ref.rows is None else ref.rows
-    nb = t.blocks - ref.block0 if ref.blocks is None else ref.blocks
-    idx = ref.row0 + np.arange(rows) * ref.step
-    if ref.block_step != 1:
-        blocks = ref.block0 + np.arange(nb) * ref.block_step
-        sub = arr[idx].reshape(rows, t.blocks, LANES)[:, blocks]
-        return sub.transpose(1, 0, 2).reshape(nb * rows, LANES)
-    sub = arr[idx][:, ref.block0 * LANES:(ref.block0 + nb) * LANES]
-    return sub.reshape(rows, nb, LANES).transpose(1, 0, 2).reshape(nb * rows, LANES)
+    """The vectors `ref` names, [count, lanes], in train order (a copy)."""
+    return view(t, ref, arr).reshape(-1, LANES)
 
 
 def put(t: TensorDef, ref: Ref, arr: np.ndarray, vectors: np.ndarray) -> None:
-    """Write vectors [count, lanes], in train order, into the vectors `ref` names."""
-    rows = t.rows if ref.rows is None else ref.rows
-    nb = t.blocks - ref.block0 if ref.blocks is None else ref.blocks
-    if ref.block_step == 0 and nb > 1:
-        raise InternalError(f"{ref}: a train cannot write one block twice")
-    idx = ref.row0 + np.arange(rows) * ref.step
-    blocks = ref.block0 + np.arange(nb) * ref.block_step
-    for j, b in enumerate(blocks.tolist()):
-        arr[idx, b * LANES:(b + 1) * LANES] = vectors[j * rows:(j + 1) * rows]
+    """Write vectors ([count, lanes] or [blocks, rows, lanes]), in train order, into the vectors `ref` names."""
+    out = view(t, ref, arr, write=True)
+    out[...] = vectors.reshape(out.shape)
 
 
 def vxm(op: Vxm, a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -157,7 +164,9 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
     for op in graph.ops:
         if isinstance(op, Vxm | Chain):  # a chain's steps in order: what flows on its streams is what they compute
             for step in op.steps if isinstance(op, Chain) else (op,):
-                args = [take(tensors[r.name], r, env[r.name]) for r in step.ins]
+                args = [view(tensors[r.name], r, env[r.name]) for r in step.ins]
+                if len({a.shape for a in args}) > 1:  # trains of one length, cut into blocks differently
+                    args = [a.reshape(-1, LANES) for a in args]
                 _store(tensors, env, step.out, vxm(step, args[0], args[1] if len(args) > 1 else None))
         elif isinstance(op, LaneMix):
             terms = [(r, take(tensors[m.name], m, env[m.name])) for r, m in op.terms]
@@ -206,7 +215,7 @@ def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray
         key = (op.w, kt)
         if key not in tiles:
             values = w[kt * LANES:(kt + 1) * LANES].astype(np.float64)
-            tiles[key] = (values, nx.column_norms(values), nonzero_blocks(values))
+            tiles[key] = (values, nx.column_norms(values), nonzero_blocks(values), nx.exact_below(values))
         return tiles[key]
 
     return matmul(env[op.a], w, slots, tile, op.skip)

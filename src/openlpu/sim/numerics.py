@@ -56,18 +56,26 @@ def widen(values: np.ndarray, dtype: DType) -> np.ndarray:
 
 
 def narrow(values: np.ndarray, dtype: DType) -> np.ndarray:
-    """Result -> element type, rounding once: floats to nearest even (fp16 saturating); ints wrap."""
+    """Result -> element type, rounding once: floats to nearest even (fp16 saturating); ints wrap. An fp32 result
+    that is already fp32 comes back as itself, not a copy."""
     if dtype is DType.FP16:
         return _saturate_fp16(values)
     if dtype is DType.FP32:
-        return values.astype(np.float32)
+        return values.astype(np.float32, copy=False)
     return values.astype(np.int64).astype(dtype.numpy)  # two's-complement wrap
+
+
+FP16_OVERFLOW = 65520.0
+"""The least magnitude that rounds to infinity in fp16: halfway between 65504 and 2^16, a tie that goes to the even
+2^16."""
 
 
 def _saturate_fp16(x: np.ndarray) -> np.ndarray:
     """Round (fp32 or fp64) to fp16 once, to nearest even; finite values beyond the range saturate to +-65504."""
     with np.errstate(over="ignore"):
         h = x.astype(np.float16)
+    if not (np.abs(x) >= FP16_OVERFLOW).any():  # nothing finite rounded to infinity (nan compares false)
+        return h
     over = np.isinf(h) & np.isfinite(x)
     if over.any():
         h = np.where(over, np.copysign(np.float16(FP16_MAX), x).astype(np.float16), h)
@@ -77,8 +85,12 @@ def _saturate_fp16(x: np.ndarray) -> np.ndarray:
 def convert(values: np.ndarray, src: DType, dst: DType) -> np.ndarray:
     """The VXM `cast`: round to nearest even, saturate, NaN -> 0 for integer targets."""
     if dst.is_float:
-        if dst is DType.FP16:
-            return _saturate_fp16(values.astype(np.float64))
+        if dst is DType.FP16:  # numpy rounds fp32 and fp64 to fp16 alike, once, to nearest even (tests check
+            # it); only a NaN's payload comes out differently, so NaNs take the fp64 route they always took
+            direct = values.dtype == np.float32 and not np.isnan(values).any()
+            return _saturate_fp16(values if direct else values.astype(np.float64))
+        if values.dtype in (np.float16, np.float32):
+            return values.astype(np.float32)  # exact
         return values.astype(np.float64).astype(np.float32)
     lo, hi = INT_LIMITS[dst]
     if src.is_float:
@@ -130,8 +142,9 @@ def vxm_unary(op: Opcode, x: np.ndarray, dtype: DType) -> np.ndarray:
 
 
 def vxm_binary(op: Opcode, x: np.ndarray, y: np.ndarray, dtype: DType) -> np.ndarray:
+    ct = COMPUTE_TYPE[dtype]  # operands already of the compute type are read in place: every op makes a new array
     with np.errstate(all="ignore"):
-        return narrow(_BINARY[op](widen(x, dtype), widen(y, dtype)), dtype)
+        return narrow(_BINARY[op](x.astype(ct, copy=False), y.astype(ct, copy=False)), dtype)
 
 
 def vxm_select(mask: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -173,7 +186,7 @@ _EXACT_DEPTH = 512  # products of 20-bit halves stay below 2^53 summed over up t
 
 
 def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, column_norms: np.ndarray,
-                  blocks: Sequence[tuple[slice, slice]] | None = None) -> np.ndarray:
+                  blocks: Sequence[tuple[slice, slice]] | None = None, exact_below: float = 0.0) -> np.ndarray:
     """`mxm_pass` for fp16, bit for bit, with one fp64 product instead of four when the rounding is certain.
 
     `weights64` is the fp16 weight tile as fp64 and `column_norms` its columns' Euclidean norms
@@ -185,7 +198,9 @@ def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, column_norms: np.ndar
     computed by `mxm_pass`.
 
     `blocks` (rows, columns) lists the tile's sub-blocks that hold its nonzero weights, for a mostly-zero tile:
-    the products outside them are exact zeros, so summing block by block is another order of the same sum."""
+    the products outside them are exact zeros, so summing block by block is another order of the same sum.
+    `exact_below` is `exact_below(weights64)`: when every |a| is below it, the fp64 sum is the exact sum (the
+    attention's 0/1 head-sum matrix, whose sums cancel too much for the bound), and no bound is needed."""
     a64 = acts.astype(np.float64)
     if not np.isfinite(a64).all():
         return mxm_pass(acts, weights64.astype(np.float16), DType.FP16)
@@ -196,6 +211,9 @@ def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, column_norms: np.ndar
         for rows, cols in blocks:
             s[:, cols] += a64[:, rows] @ weights64[rows, cols]
     r = s.astype(np.float32)
+    if np.abs(a64).max(initial=0.0) < exact_below:  # s is exact, so fp32(s) is its one rounding
+        r[r == 0] = 0.0
+        return r
     scale = 1.01 * 2 * len(weights64) * 2.0**-53
     norms = np.sqrt(np.einsum("ij,ij->i", a64, a64))
     sure = _certain(s, r, np.outer(norms * scale, column_norms))
@@ -229,6 +247,21 @@ def _abs_products(a_abs: np.ndarray, weights64: np.ndarray, cols: np.ndarray,
     for rows, bcols in blocks:
         total[:, bcols] += a_abs[:, rows] @ np.abs(weights64[rows, bcols]).astype(np.float32)
     return total[:, cols]
+
+
+def exact_below(weights64: np.ndarray) -> float:
+    """The bound on |a| under which the fp64 product a @ w of fp16 values a and the fp16 tile w (held as fp64) is
+    exact in any order (0.0: never, for a tile with inf or nan). Every product is a multiple of u = 2^-24 q, q the
+    smallest power of two that divides every weight (fp16 values are multiples of 2^-24), and so is every partial
+    sum; a partial sum is at most max|a| times the largest column sum of |w|. Below 2^53 u, all of them are fp64
+    integers times u: no rounding happens."""
+    if not np.isfinite(weights64).all():
+        return 0.0
+    scaled = (np.abs(weights64[weights64 != 0]) * 2.0**24).astype(np.int64)  # exact: fp16 values are < 2^16
+    if scaled.size == 0:
+        return np.inf  # an all-zero tile: every sum is an exact zero
+    quantum = float((scaled & -scaled).min()) * 2.0**-24
+    return 2.0**53 * 2.0**-24 * quantum / float(np.abs(weights64).sum(axis=0).max())
 
 
 def column_norms(weights64: np.ndarray) -> np.ndarray:
