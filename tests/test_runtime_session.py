@@ -108,14 +108,19 @@ def _greedy(session, ids: list[int], n: int) -> tuple[list[int], list[np.ndarray
     return tokens, logits
 
 
+@functools.cache
+def _full_model() -> object:
+    return compile_model(our_model(None), CHIP, context=64)
+
+
 @pytest.mark.slow
-def test_full_model_greedy_tokens_match_transformers_for_32_steps():
+@pytest.mark.parametrize("prompt", ["The first computers were built", "Once upon a time", "def fibonacci(n):"])
+def test_full_model_greedy_tokens_match_transformers_for_32_steps(prompt):
     """SmolLM2-135M, all 30 blocks, on the chips the compiler picks: the same 32 greedy tokens as
-    transformers in fp32, each step's logits within the fp16 tolerance. (A short plain-text prompt keeps the
-    suite's time down; `bench/bench_generate.py` checks the 36-token chat prompt.)"""
-    ids = our_tokenizer().encode("The first computers were built")
-    c = compile_model(our_model(None), CHIP, context=64)
-    tokens, logits = _greedy(open_session(c), ids, 32)
+    transformers in fp32 on each prompt, each step's logits within the fp16 tolerance. (Short plain-text prompts
+    keep the suite's time down; `bench/bench_generate.py` checks the 36-token chat prompt.)"""
+    ids = our_tokenizer().encode(prompt)
+    tokens, logits = _greedy(open_session(_full_model()), ids, 32)
     assert tokens == hf_greedy(hf_model(None), ids, 32)
     want, _ = hf_forward(hf_model(None), ids + tokens[:-1])
     assert max(np.abs(g - w).max() for g, w in zip(logits, want)) < LOGIT_TOLERANCE
