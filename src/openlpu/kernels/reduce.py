@@ -313,16 +313,19 @@ def fast_reduce(op: Opcode, term: Callable[[int], np.ndarray], blocks: int) -> n
     p = term(0)
     for j in range(1, blocks):
         p = nx.vxm_binary(op, term(j), p, F32)
-    for rotations in stage_rotations(p.shape[-1]):
-        p = _fast_tree(op, [np.roll(p, k, axis=-1) for k in rotations])  # the SXM's permutes
+    lanes = p.shape[-1]
+    for rotations in stage_rotations(lanes):  # the SXM's permutes, all of a stage at once: [..., rotation, lane]
+        p = _fast_tree(op, p[..., (np.arange(lanes) - np.array(rotations)[:, None]) % lanes])
     return p
 
 
-def _fast_tree(op: Opcode, level: list[np.ndarray]) -> np.ndarray:
-    """`_tree`'s order: adjacent pairs combined level by level, an odd last one copied along."""
-    while len(level) > 1:
-        nxt = [nx.vxm_binary(op, level[i], level[i + 1], F32) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(nx.vxm_unary(Opcode.COPY, level[-1], F32))
-        level = nxt
-    return level[0]
+def _fast_tree(op: Opcode, level: np.ndarray) -> np.ndarray:
+    """`_tree`'s order on the terms level[..., i, :]: adjacent pairs combined level by level, an odd last one
+    copied along."""
+    while level.shape[-2] > 1:
+        n = level.shape[-2]
+        pairs = nx.vxm_binary(op, level[..., 0:n - 1:2, :], level[..., 1:n:2, :], F32)
+        if n % 2:
+            pairs = np.concatenate([pairs, nx.vxm_unary(Opcode.COPY, level[..., n - 1:, :], F32)], axis=-2)
+        level = pairs
+    return level[..., 0, :]
