@@ -78,6 +78,7 @@ def test_a_mostly_zero_tile_summed_block_by_block_agrees_bit_for_bit():
     w64 = w.astype(np.float64)
     blocks = nonzero_blocks(w64)
     assert blocks is not None and len(blocks) < 11
+    assert {b.ones for b in blocks} == {True, False}  # head blocks of ones are summed as rows, the others multiplied
     assert nonzero_blocks(np.ones((320, 640))) is None
     got = nx.mxm_pass_fp16(acts, w64, nx.column_norms(w64), blocks)
     assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16))
@@ -138,3 +139,22 @@ def test_fp32_rounds_to_fp16_as_fp64_does_ties_subnormals_saturation_and_nans_in
     via32, _ = both(edges)
     assert via32[:5].tolist() == [65504] * 5 and np.isinf(via32[5]) and via32[6:10].tolist() == [
         0, 2.0**-23, 2.0**-23, 2.0**-14] and via32[10:].tolist() == [1, 1 + 2.0**-9]
+
+
+def test_all_ones_blocks_also_sum_as_rows_on_the_certified_path():
+    from openlpu.compiler.fast import nonzero_blocks
+
+    w = np.zeros((320, 320), np.float16)
+    w[:64, :64] = 1
+    w[64:128, 64:128] = 2.0**-24  # the smallest fp16 step: the exact bound drops below the activations
+    w64 = w.astype(np.float64)
+    blocks = nonzero_blocks(w64)
+    assert [b.ones for b in blocks] == [True, False]
+    rng = np.random.default_rng(5)
+    acts = (rng.normal(size=(6, 320)) * 2.0 ** rng.integers(-24, 15, (6, 320))).astype(np.float16)
+    acts[0, :3] = [60000, -60000, 2.0**-24]  # cancels to the last bit
+    acts[1, :3] = [4096, 1, 2.0**-24]  # just above an fp32 tie
+    bound = nx.exact_below(w64)
+    assert np.abs(acts.astype(np.float64)).max() >= bound
+    got = nx.mxm_pass_fp16(acts, w64, nx.column_norms(w64), blocks, bound)
+    assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16)) and same_bits(got[:2, :2], exact(acts[:2], w[:, :2]))

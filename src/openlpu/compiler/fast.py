@@ -118,10 +118,10 @@ SUB = 64
 """Rows and columns of the sub-blocks a mostly-zero weight tile is cut into (a head's lanes)."""
 
 
-def nonzero_blocks(w: np.ndarray) -> list[tuple[slice, slice]] | None:
+def nonzero_blocks(w: np.ndarray) -> list[nx.Block] | None:
     """The SUB x SUB sub-blocks of a weight tile w [K, N] that hold a nonzero weight (consecutive ones in a row of
-    sub-blocks merged), when at most half of them do — the attention's 0/1 head-sum matrix; None for a
-    dense tile (every model weight)."""
+    sub-blocks merged), when at most half of them do — the attention's 0/1 head-sum matrix, whose head blocks are
+    all ones; None for a dense tile (every model weight)."""
     k, n = w.shape
     if k % SUB or n % SUB:
         return None
@@ -132,7 +132,8 @@ def nonzero_blocks(w: np.ndarray) -> list[tuple[slice, slice]] | None:
     for i, row in enumerate(nonzero):
         cols = np.flatnonzero(row)
         for run in np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1) if len(cols) else []:
-            blocks.append((slice(i * SUB, (i + 1) * SUB), slice(int(run[0]) * SUB, (int(run[-1]) + 1) * SUB)))
+            rows, cols = slice(i * SUB, (i + 1) * SUB), slice(int(run[0]) * SUB, (int(run[-1]) + 1) * SUB)
+            blocks.append(nx.Block(rows, cols, bool((w[rows, cols] == 1).all())))
     return blocks
 
 

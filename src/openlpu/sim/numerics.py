@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -185,8 +186,17 @@ def mxm_pass(acts: np.ndarray, weights: np.ndarray, dtype: DType,
 _EXACT_DEPTH = 512  # products of 20-bit halves stay below 2^53 summed over up to 2^13 terms; a pass is 320
 
 
+class Block(NamedTuple):
+    """A sub-block of a weight tile (its rows and columns) that holds nonzero weights; `ones`: every weight in it
+    is 1, so a @ block is each row's sum of a[:, rows], in every column."""
+
+    rows: slice
+    cols: slice
+    ones: bool = False
+
+
 def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, column_norms: np.ndarray,
-                  blocks: Sequence[tuple[slice, slice]] | None = None, exact_below: float = 0.0) -> np.ndarray:
+                  blocks: Sequence[Block] | None = None, exact_below: float = 0.0) -> np.ndarray:
     """`mxm_pass` for fp16, bit for bit, with one fp64 product instead of four when the rounding is certain.
 
     `weights64` is the fp16 weight tile as fp64 and `column_norms` its columns' Euclidean norms
@@ -197,23 +207,25 @@ def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, column_norms: np.ndar
     computed in fp32 (positive terms: within 0.01 % here; E carries 1 % to spare); the entries still open are
     computed by `mxm_pass`.
 
-    `blocks` (rows, columns) lists the tile's sub-blocks that hold its nonzero weights, for a mostly-zero tile:
-    the products outside them are exact zeros, so summing block by block is another order of the same sum.
+    `blocks` lists the tile's sub-blocks that hold its nonzero weights, for a mostly-zero tile: the products
+    outside them are exact zeros, so summing block by block (an all-ones block as a row sum) is another order of
+    the same sum.
     `exact_below` is `exact_below(weights64)`: when every |a| is below it, the fp64 sum is the exact sum (the
     attention's 0/1 head-sum matrix, whose sums cancel too much for the bound), and no bound is needed."""
     a64 = acts.astype(np.float64)
-    if not np.isfinite(a64).all():
+    top = np.abs(a64).max(initial=0.0)
+    if not np.isfinite(top):  # an inf or a nan among the activations
         return mxm_pass(acts, weights64.astype(np.float16), DType.FP16)
     if blocks is None:
         s = a64 @ weights64
     else:
         s = np.zeros((len(acts), weights64.shape[1]))
-        for rows, cols in blocks:
-            s[:, cols] += a64[:, rows] @ weights64[rows, cols]
+        for b in blocks:
+            rows = a64[:, b.rows]
+            s[:, b.cols] += rows.sum(axis=1, keepdims=True) if b.ones else rows @ weights64[b.rows, b.cols]
     r = s.astype(np.float32)
-    if np.abs(a64).max(initial=0.0) < exact_below:  # s is exact, so fp32(s) is its one rounding
-        r[r == 0] = 0.0
-        return r
+    if top < exact_below:  # s is exact, so fp32(s) is its one rounding
+        return _plus_zero(r)
     scale = 1.01 * 2 * len(weights64) * 2.0**-53
     norms = np.sqrt(np.einsum("ij,ij->i", a64, a64))
     sure = _certain(s, r, np.outer(norms * scale, column_norms))
@@ -221,12 +233,19 @@ def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, column_norms: np.ndar
         cols = np.flatnonzero(~sure.all(axis=0))
         total = _abs_products(np.abs(acts).astype(np.float32), weights64, cols, blocks)
         sure[:, cols] |= _certain(s[:, cols], r[:, cols], total.astype(np.float64) * scale)
-    r[r == 0] = 0.0  # an exact zero is +0 (below: a sum of fp16 products is 0 or at least 2^-48 in size)
+    r = _plus_zero(r)  # below: a sum of fp16 products is 0 or at least 2^-48 in size
     if not sure.all():  # only the rows and columns that hold an open entry
         rows, cols = np.flatnonzero(~sure.all(axis=1)), np.flatnonzero(~sure.all(axis=0))
         exact = mxm_pass(acts[rows], weights64[:, cols].astype(np.float16), DType.FP16)
         block = np.ix_(rows, cols)
         r[block] = np.where(sure[block], r[block], exact)
+    return r
+
+
+def _plus_zero(r: np.ndarray) -> np.ndarray:
+    """r with every zero made +0, in place: the accumulator is fixed-point, so an exact zero sum is +0."""
+    if not r.all():
+        r[r == 0] = 0.0
     return r
 
 
@@ -239,13 +258,13 @@ def _certain(s: np.ndarray, r: np.ndarray, bound: np.ndarray) -> np.ndarray:
 
 
 def _abs_products(a_abs: np.ndarray, weights64: np.ndarray, cols: np.ndarray,
-                  blocks: Sequence[tuple[slice, slice]] | None) -> np.ndarray:
+                  blocks: Sequence[Block] | None) -> np.ndarray:
     """sum |a w| for the columns `cols` of the tile (fp32), over its nonzero sub-blocks if given."""
     if blocks is None:
         return a_abs @ np.abs(weights64[:, cols]).astype(np.float32)
     total = np.zeros((len(a_abs), weights64.shape[1]), np.float32)
-    for rows, bcols in blocks:
-        total[:, bcols] += a_abs[:, rows] @ np.abs(weights64[rows, bcols]).astype(np.float32)
+    for b in blocks:
+        total[:, b.cols] += a_abs[:, b.rows] @ np.abs(weights64[b.rows, b.cols]).astype(np.float32)
     return total[:, cols]
 
 
