@@ -62,6 +62,8 @@ def test_prefill_program_is_bit_identical_to_its_cycle_exact_run_and_to_decoding
     assert a.cycles == b.cycles == c.prefill.cycles < len(ids) * c.cycles_per_step
     # masked rows add exact zeros, so the prefill's logits are the decode step's, bit for bit
     assert np.array_equal(_bits(a.logits), _bits(by_step.logits))
+    # the prefill program's own tensors are gone: only the decode step's stay, the KV caches among them
+    assert all(set(env) <= set(g.tensors) for s in (fast, cycle) for g, env in zip(c.graphs, s.state))
     after = [s.step(7, len(ids)).logits for s in (fast, cycle, steps)]
     assert all(np.array_equal(_bits(after[0]), _bits(x)) for x in after[1:])
 
