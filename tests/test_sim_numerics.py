@@ -158,3 +158,37 @@ def test_all_ones_blocks_also_sum_as_rows_on_the_certified_path():
     assert np.abs(acts.astype(np.float64)).max() >= bound
     got = nx.mxm_pass_fp16(acts, w64, nx.column_norms(w64), blocks, bound)
     assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16)) and same_bits(got[:2, :2], exact(acts[:2], w[:, :2]))
+
+
+def test_fp16_widens_by_table_to_the_bits_numpy_gives_every_pattern_nans_included():
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    for to in (np.float32, np.float64):
+        got = nx.from_fp16(every[:, ::3], to)  # a strided view, as the fast path passes
+        assert got.dtype == to and np.array_equal(got.view(np.uint8), every[:, ::3].astype(to).view(np.uint8))
+    assert np.array_equal(nx.widen(every, DType.FP16).view(np.uint32), every.astype(np.float32).view(np.uint32))
+    assert np.array_equal(nx.convert(every, DType.FP16, DType.FP32).view(np.uint32),
+                          every.astype(np.float32).view(np.uint32))
+
+
+def test_the_attention_head_sum_tile_agrees_with_the_exact_pass_mask_row_included():
+    """The real head-sum matrix's second K tile: four heads' 64 x 64 ones blocks, summed at once, and the mask
+    lane's row of ones across every head, a one-row block; on the exact path and on the certified one."""
+    from openlpu.compiler.fast import nonzero_blocks
+
+    w = np.zeros((320, 640), np.float16)
+    for h in range(4):
+        w[64 * h:64 * (h + 1), 320 + 64 * h:320 + 64 * (h + 1)] = 1
+    w[280, :576] = 1
+    w64 = w.astype(np.float64)
+    blocks = nonzero_blocks(w64)
+    assert blocks[-1] == nx.Block(slice(280, 281), slice(0, 576), True) and all(b.ones for b in blocks)
+    rng = np.random.default_rng(9)
+    acts = (rng.normal(size=(8, 320)) * 2.0 ** rng.integers(-24, 14, (8, 320))).astype(np.float16)
+    acts[:, 256:] = 0
+    acts[:4, 280] = -30000  # masked rows
+    acts[4, :3] = [60000, -60000, 2.0**-24]  # cancels to the last bit
+    bound = nx.exact_below(w64)
+    for below in (bound, 0.0):  # exact, and (told nothing) certified
+        got = nx.mxm_pass_fp16(acts, w64, nx.column_norms(w64), blocks, below)
+        assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16))
+    assert same_bits(got[4:6, 320:322], exact(acts[4:6], w[:, 320:322]))

@@ -93,6 +93,8 @@ def matmul(a: np.ndarray, w: np.ndarray, slots: int, tile: Callable[[int], tuple
     N tile) pairs the schedule skips (all-zero tiles): they add nothing, and an N tile's sum starts at its first
     other K tile."""
     out = np.empty((a.shape[0], w.shape[1]), np.float32)
+    if a.dtype == np.float16:  # once, not per pass: exact
+        a = nx.from_fp16(a, np.float64)
     for m0 in range(0, a.shape[0], slots):
         acc = None
         started = np.zeros(w.shape[1] // LANES, bool)
@@ -133,8 +135,16 @@ def nonzero_blocks(w: np.ndarray) -> list[nx.Block] | None:
         cols = np.flatnonzero(row)
         for run in np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1) if len(cols) else []:
             rows, cols = slice(i * SUB, (i + 1) * SUB), slice(int(run[0]) * SUB, (int(run[-1]) + 1) * SUB)
+            if not (w[rows, cols] == 1).all():  # shrunk to its nonzero rows and columns (the mask lane's row)
+                rows, cols = _tight(w[rows, cols].any(axis=1), rows), _tight(w[rows, cols].any(axis=0), cols)
             blocks.append(nx.Block(rows, cols, bool((w[rows, cols] == 1).all())))
     return blocks
+
+
+def _tight(nonzero: np.ndarray, span: slice) -> slice:
+    """The part of `span` from its first to its last index flagged `nonzero` (one flag per index of the span)."""
+    at = np.flatnonzero(nonzero)
+    return slice(span.start + int(at[0]), span.start + int(at[-1]) + 1)
 
 
 def matmul_int8(a: np.ndarray, w: np.ndarray, tile: Callable[[int], np.ndarray]) -> np.ndarray:

@@ -53,7 +53,21 @@ def values_to_planes(values: np.ndarray, dtype: DType) -> np.ndarray:
 
 def widen(values: np.ndarray, dtype: DType) -> np.ndarray:
     """Element type -> the VXM compute type (fp32 or int32)."""
+    if values.dtype == np.float16:
+        return from_fp16(values, np.float32)
     return values.astype(COMPUTE_TYPE[dtype])
+
+
+_FP16_TABLES: dict[type, np.ndarray] = {}
+
+
+def from_fp16(values: np.ndarray, to: type) -> np.ndarray:
+    """fp16 values as fp32 or fp64 (exact), by looking each bit pattern up in a table of all 65,536 of them made by
+    NumPy's own conversion: the same values, NaN payloads included, about twice as fast as `astype` here."""
+    table = _FP16_TABLES.get(to)
+    if table is None:
+        table = _FP16_TABLES[to] = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(to)
+    return np.take(table, values.view(np.uint16))
 
 
 def narrow(values: np.ndarray, dtype: DType) -> np.ndarray:
@@ -90,8 +104,10 @@ def convert(values: np.ndarray, src: DType, dst: DType) -> np.ndarray:
             # it); only a NaN's payload comes out differently, so NaNs take the fp64 route they always took
             direct = values.dtype == np.float32 and not np.isnan(values).any()
             return _saturate_fp16(values if direct else values.astype(np.float64))
-        if values.dtype in (np.float16, np.float32):
-            return values.astype(np.float32)  # exact
+        if values.dtype == np.float16:
+            return from_fp16(values, np.float32)  # exact
+        if values.dtype == np.float32:
+            return values.astype(np.float32)
         return values.astype(np.float64).astype(np.float32)
     lo, hi = INT_LIMITS[dst]
     if src.is_float:
@@ -145,7 +161,11 @@ def vxm_unary(op: Opcode, x: np.ndarray, dtype: DType) -> np.ndarray:
 def vxm_binary(op: Opcode, x: np.ndarray, y: np.ndarray, dtype: DType) -> np.ndarray:
     ct = COMPUTE_TYPE[dtype]  # operands already of the compute type are read in place: every op makes a new array
     with np.errstate(all="ignore"):
-        return narrow(_BINARY[op](x.astype(ct, copy=False), y.astype(ct, copy=False)), dtype)
+        return narrow(_BINARY[op](_operand(x, ct), _operand(y, ct)), dtype)
+
+
+def _operand(x: np.ndarray, ct: type) -> np.ndarray:
+    return from_fp16(x, ct) if x.dtype == np.float16 else x.astype(ct, copy=False)
 
 
 def vxm_select(mask: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -212,17 +232,11 @@ def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, column_norms: np.ndar
     the same sum.
     `exact_below` is `exact_below(weights64)`: when every |a| is below it, the fp64 sum is the exact sum (the
     attention's 0/1 head-sum matrix, whose sums cancel too much for the bound), and no bound is needed."""
-    a64 = acts.astype(np.float64)
+    a64 = from_fp16(acts, np.float64) if acts.dtype == np.float16 else acts.astype(np.float64, copy=False)
     top = np.abs(a64).max(initial=0.0)
     if not np.isfinite(top):  # an inf or a nan among the activations
         return mxm_pass(acts, weights64.astype(np.float16), DType.FP16)
-    if blocks is None:
-        s = a64 @ weights64
-    else:
-        s = np.zeros((len(acts), weights64.shape[1]))
-        for b in blocks:
-            rows = a64[:, b.rows]
-            s[:, b.cols] += rows.sum(axis=1, keepdims=True) if b.ones else rows @ weights64[b.rows, b.cols]
+    s = a64 @ weights64 if blocks is None else _block_product(a64, weights64, blocks)
     r = s.astype(np.float32)
     if top < exact_below:  # s is exact, so fp32(s) is its one rounding
         return _plus_zero(r)
@@ -240,6 +254,34 @@ def mxm_pass_fp16(acts: np.ndarray, weights64: np.ndarray, column_norms: np.ndar
         block = np.ix_(rows, cols)
         r[block] = np.where(sure[block], r[block], exact)
     return r
+
+
+def _block_product(a64: np.ndarray, weights64: np.ndarray, blocks: Sequence[Block]) -> np.ndarray:
+    """a64 @ weights64 from the tile's nonzero blocks alone. An all-ones block adds each row's sum over its rows
+    of a to its columns: all of those sums, spread to their columns by one 0/1 matrix product (every product by 1
+    or 0 is exact), the blocks of the most common height h that start on a multiple of it (a head's lanes) from
+    one sum over each h rows. The other blocks one by one."""
+    (m, k), n = a64.shape, weights64.shape[1]
+    ones = [b for b in blocks if b.ones]
+    heights = [b.rows.stop - b.rows.start for b in ones]
+    h = max(set(heights), key=heights.count) if heights else 0
+    aligned = [b for b in ones if b.rows.stop - b.rows.start == h and b.rows.start % h == 0] if k % h == 0 else []
+    others = [b for b in ones if b not in aligned]
+    sums = [a64.reshape(m, k // h, h).sum(axis=2)] if aligned else []
+    sums += [a64[:, b.rows].sum(axis=1, keepdims=True) for b in others]
+    if sums:
+        spread = np.zeros(((len(aligned) and k // h) + len(others), n))
+        for b in aligned:
+            spread[b.rows.start // h, b.cols] = 1.0
+        for i, b in enumerate(others, len(aligned) and k // h):
+            spread[i, b.cols] = 1.0
+        s = np.concatenate(sums, axis=1) @ spread
+    else:
+        s = np.zeros((m, n))
+    for b in blocks:
+        if not b.ones:
+            s[:, b.cols] += a64[:, b.rows] @ weights64[b.rows, b.cols]
+    return s
 
 
 def _plus_zero(r: np.ndarray) -> np.ndarray:
