@@ -55,6 +55,11 @@ def test_an_unknown_dtype_is_refused_with_what_to_do():
         compile_model(truncated_path(1), CHIP, dtype="bf16", context=16)
 
 
+def test_n_layers_with_an_already_loaded_model_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="already loaded; load it with load_gguf"):
+        compile_model(our_model(2), CHIP, context=16, n_layers=1)
+
+
 def test_the_chip_count_grows_until_the_kv_caches_and_activations_fit_beside_the_weights():
     model = our_model(8)
     assert len(split_layers(model, Dims(model.config, 1024), CHIP)) == 1  # by weights alone: one chip

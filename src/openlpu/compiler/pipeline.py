@@ -102,6 +102,9 @@ def compile_model(model: str | Path | GGUFModel | None, chip: Chip, *, dtype: st
     the activations of the decode step and of the prefill."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype}: the chip compiler emits {' or '.join(DTYPES)} programs; choose one")
+    if n_layers is not None and isinstance(model, GGUFModel):
+        raise ConfigError(f"n_layers={n_layers} truncates a model read from its file, and this one is already "
+                          "loaded; load it with load_gguf(path, n_layers=...) or pass the path")
     if prompt is not None and not 1 <= prompt < context:
         raise ConfigError(f"a prompt of {prompt} tokens does not fit a context of {context} positions with room "
                           "for a reply; compile a longer --context")
