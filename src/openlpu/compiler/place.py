@@ -17,7 +17,8 @@ A graph that does not fit raises DoesNotFitError naming the tensor and the hemis
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+
+import numpy as np
 
 from openlpu.compiler.chipgraph import (
     Chain,
@@ -40,13 +41,30 @@ from openlpu.isa.program import Placement, Tensor
 GROUP = 4  # slices per group: one fp32 vector's byte planes
 
 
-@dataclass(frozen=True, slots=True)
-class _Box:
-    slices: range
-    lo: int
-    hi: int
-    t0: int
-    t1: int
+class _Boxes:
+    """The SRAM boxes taken in one hemisphere: slices [s0, s1) x addresses [lo, hi) from operation t0 to t1,
+    as columns of one integer array (a compile places thousands of tensors, each against all of them)."""
+
+    def __init__(self) -> None:
+        self.rows, self.n = np.zeros((64, 6), np.int64), 0
+
+    def add(self, slices: range, lo: int, hi: int, t0: int, t1: int) -> None:
+        if self.n == len(self.rows):
+            self.rows = np.concatenate([self.rows, np.zeros_like(self.rows)])
+        self.rows[self.n] = (slices.start, slices.stop, lo, hi, t0, t1)
+        self.n += 1
+
+    def lowest(self, span: range, size: int, t0: int, t1: int) -> int:
+        """The lowest address at which `size` addresses on `span` are free from operation t0 to t1: first fit
+        among the boxes that share a slice and an operation with it, in address order."""
+        s0, s1, lo, hi, b0, b1 = self.rows[:self.n].T
+        near = (s0 < span.stop) & (span.start < s1) & (b0 <= t1) & (t0 <= b1)
+        lo, hi = lo[near], hi[near]
+        order = np.lexsort((hi, lo))
+        lo, hi = lo[order], hi[order]
+        at = np.maximum.accumulate(np.concatenate([[0], hi]))  # the first free address past boxes 0..k-1
+        fits = np.flatnonzero(lo >= at[:-1] + size)
+        return int(at[fits[0]] if len(fits) else at[-1])
 
 
 def lifetimes(graph: ChipGraph) -> dict[str, tuple[int, int]]:
@@ -106,7 +124,7 @@ def place(graph: ChipGraph, chip: Chip, fixed: dict[str, Tensor] | None = None) 
     slices, depth = chip.mem.slices_per_hemisphere, chip.mem.addresses_per_slice
     band = chip.streams.streams_per_direction  # MXM weight slices
     life, near = lifetimes(graph), together(graph)
-    boxes: dict[Hemisphere, list[_Box]] = {h: [] for h in Hemisphere}
+    boxes = {h: _Boxes() for h in Hemisphere}
     placed: dict[str, Tensor] = {}
     top = {h: 0 for h in Hemisphere}
     for t in (fixed or {}).values():  # the other program's weights, constants and state: taken, used here or not
@@ -114,7 +132,7 @@ def place(graph: ChipGraph, chip: Chip, fixed: dict[str, Tensor] | None = None) 
             placed[t.name] = t
         h = t.placement.hemisphere
         used = t.addresses_used(chip.lanes.lanes)
-        boxes[h].append(_Box(t.slices_used(), used.start, used.stop, 0, len(graph.ops)))
+        boxes[h].add(t.slices_used(), used.start, used.stop, 0, len(graph.ops))
         if t.placement.first_slice == slices - band:
             top[h] = max(top[h], used.stop)
     weights = [t for t in graph.tensors.values() if t.interleave * t.dtype.width_bytes == band
@@ -126,7 +144,7 @@ def place(graph: ChipGraph, chip: Chip, fixed: dict[str, Tensor] | None = None) 
                                   f"the {band} weight slices of the {h.value} hemisphere: {top[h]} of {depth} "
                                   "addresses are taken; split the model over more chips")
         first = slices - band
-        boxes[h].append(_Box(range(first, slices), top[h], top[h] + size, 0, len(graph.ops)))
+        boxes[h].add(range(first, slices), top[h], top[h] + size, 0, len(graph.ops))
         placed[t.name] = _tensor(t, first, top[h])
         top[h] += size
     for t in graph.tensors.values():
@@ -141,7 +159,7 @@ def place(graph: ChipGraph, chip: Chip, fixed: dict[str, Tensor] | None = None) 
             span = range(first, first + _width(t))
             if avoid.intersection(span):
                 continue
-            lo = _lowest(boxes[h], span, _vectors(t), t0, t1)
+            lo = boxes[h].lowest(span, _vectors(t), t0, t1)
             if lo + _vectors(t) <= depth:
                 best = (first, lo)
                 break
@@ -149,7 +167,7 @@ def place(graph: ChipGraph, chip: Chip, fixed: dict[str, Tensor] | None = None) 
             raise DoesNotFitError(f"chip {graph.index}: {t.role.value} tensor {t.name} ({_vectors(t)} addresses "
                                   f"on {_width(t)} slices) finds no room in the {h.value} hemisphere; compile a "
                                   "shorter context or split the model over more chips")
-        boxes[h].append(_Box(range(best[0], best[0] + _width(t)), best[1], best[1] + _vectors(t), t0, t1))
+        boxes[h].add(range(best[0], best[0] + _width(t)), best[1], best[1] + _vectors(t), t0, t1)
         placed[t.name] = _tensor(t, *best)
     return placed
 
@@ -169,18 +187,6 @@ def _groups(t: TensorDef, slices: int, band: int) -> list[int]:
 def kept(graph: ChipGraph, placed: dict[str, Tensor]) -> dict[str, Tensor]:
     """The part of a placement that outlives a program: weights, constants and state."""
     return {n: t for n, t in placed.items() if graph.tensors[n].role in KEPT}
-
-
-def _lowest(boxes: list[_Box], span: range, size: int, t0: int, t1: int) -> int:
-    """The lowest address at which `size` addresses on `span` are free from operation t0 to t1."""
-    taken = sorted((b.lo, b.hi) for b in boxes if b.slices.start < span.stop and span.start < b.slices.stop
-                   and b.t0 <= t1 and t0 <= b.t1)
-    at = 0
-    for lo, hi in taken:
-        if lo >= at + size:
-            break
-        at = max(at, hi)
-    return at
 
 
 def _tensor(t: TensorDef, first_slice: int, address: int) -> Tensor:
@@ -211,11 +217,19 @@ def check(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip) -> None:
     for t, s, a, _ in items:
         if s.stop > chip.mem.slices_per_hemisphere or a.stop > chip.mem.addresses_per_slice:
             raise InternalError(f"chip {graph.index}: {t.name} falls outside the SRAM (slices {s}, addresses {a})")
+    if not items:
+        return
     items.sort(key=lambda x: (x[0].placement.hemisphere.value, x[2].start))
-    for i, (t, s, a, (t0, t1)) in enumerate(items):
-        for u, s2, a2, (u0, u1) in items[i + 1:]:
-            if u.placement.hemisphere is not t.placement.hemisphere or a2.start >= a.stop:
-                break
-            if s.start < s2.stop and s2.start < s.stop and t0 <= u1 and u0 <= t1:
-                raise InternalError(f"chip {graph.index}: {t.name} and {u.name} share SRAM while both are live "
-                                    f"(operations {max(t0, u0)}..{min(t1, u1)})")
+    # in that order: for each tensor, the later ones in its hemisphere that start below its end, all at once
+    sides = sorted({t.placement.hemisphere.value for t, *_ in items})
+    side = np.array([sides.index(t.placement.hemisphere.value) for t, *_ in items], np.int64)
+    s0, s1, a0, a1, l0, l1 = (np.array(column, np.int64).reshape(-1) for column in zip(
+        *((s.start, s.stop, a.start, a.stop, life[0], life[1]) for _, s, a, life in items)))
+    key = side * (1 << 40) + a0  # ascending
+    for i, (t, _, _, (t0, t1)) in enumerate(items):
+        later = np.arange(i + 1, np.searchsorted(key, side[i] * (1 << 40) + a1[i]))
+        clash = later[(s0[i] < s1[later]) & (s0[later] < s1[i]) & (t0 <= l1[later]) & (l0[later] <= t1)]
+        if len(clash):
+            u, (u0, u1) = items[clash[0]][0], items[clash[0]][3]
+            raise InternalError(f"chip {graph.index}: {t.name} and {u.name} share SRAM while both are live "
+                                f"(operations {max(t0, u0)}..{min(t1, u1)})")

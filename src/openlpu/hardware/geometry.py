@@ -17,6 +17,7 @@ from openlpu.hardware.chip import Chip
 
 
 class Hemisphere(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
     W = "w"
     E = "e"
 

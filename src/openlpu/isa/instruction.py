@@ -59,11 +59,13 @@ class Instruction:
 
     def operands(self) -> list[tuple[str, object]]:
         """The operands that are set, in the canonical (field) order."""
-        return [(f.name, getattr(self, f.name)) for f in fields(self) if f.name not in ("op", "label")
-                and getattr(self, f.name) is not None]
+        return [(name, value) for name in _OPERAND_FIELDS if (value := getattr(self, name)) is not None]
 
     def with_(self, **changes: object) -> Instruction:
         return replace(self, **changes)
+
+
+_OPERAND_FIELDS = tuple(f.name for f in fields(Instruction) if f.name not in ("op", "label"))
 
 
 @functools.lru_cache(maxsize=4096)

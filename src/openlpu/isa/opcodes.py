@@ -22,6 +22,7 @@ class Family(enum.Enum):
 
 
 class Opcode(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
     # ICU: every queue runs these for its own instruction stream.
     NOP = "nop"
     REPEAT = "repeat"

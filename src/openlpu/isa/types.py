@@ -13,6 +13,7 @@ from openlpu.hardware.geometry import Hemisphere
 class Direction(enum.Enum):
     """Which way a stream flows: east is toward higher positions (see `openlpu.hardware.geometry`)."""
 
+    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
     E = "E"
     W = "W"
 
@@ -22,6 +23,7 @@ class Direction(enum.Enum):
 
 
 class DType(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
     INT8 = "int8"
     INT16 = "int16"
     INT32 = "int32"
@@ -60,6 +62,7 @@ class StreamRef:
 
 
 class Unit(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
     MEM = "mem"
     VXM = "vxm"
     MXM = "mxm"

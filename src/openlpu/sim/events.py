@@ -62,22 +62,22 @@ def build(timeline: Timeline, chip: Chip) -> Events:
     geo = Geometry.of(chip)
     ids: dict[tuple[QueueId, int], int] = {}
     templates: list[Template] = []
-    burst_template, cycles, ks = [], [], []
+    bursts = []  # per issue: template, first cycle, count, interval, first k
     for issue in timeline.issues:
         key = (issue.queue, issue.index)
         if key not in ids:
             ids[key] = len(templates)
             templates.append(_template(chip, geo, issue.queue, issue.index, issue.instruction))
-        burst_template.append(np.full(len(issue.cycles), ids[key], dtype=np.int64))
-        cycles.append(issue.cycles)
-        ks.append(issue.ks)
+        bursts.append((ids[key], issue.first, issue.count, issue.interval, issue.k0))
     if not templates:
         empty = np.zeros(0, np.int64)
         none = Accesses(empty, empty, empty, empty, empty)
         return Events(templates, empty, empty, empty, empty, empty, none, none)
-    template = np.concatenate(burst_template)
-    cycle = np.concatenate(cycles).astype(np.int64)
-    k = np.concatenate(ks).astype(np.int64)
+    ids_, firsts, counts, intervals, k0s = np.array(bursts, dtype=np.int64).T
+    template = np.repeat(ids_, counts)
+    offset = np.arange(len(template)) - np.repeat(np.cumsum(counts) - counts, counts)  # j within its burst
+    cycle = np.repeat(firsts, counts) + np.repeat(intervals, counts) * offset
+    k = np.repeat(k0s, counts) + offset
     reads, read_base = _accesses(templates, template, cycle, lambda t: t.reads, lambda t: 0)
     writes, write_base = _accesses(templates, template, cycle, lambda t: t.writes, lambda t: t.latency)
     return Events(templates, template, cycle, k, read_base, write_base, reads, writes)

@@ -156,7 +156,8 @@ class MxmChecker:
         self.shadow: dict = {}  # plane -> (dtype, [lw events])
         self.installed: dict = {}  # plane -> [(effective cycle, dtype, iw event)]
         self.last_abc: dict = {}  # plane -> cycle
-        self.abcs: dict = {}  # (plane, slot) -> [(lands, event, accumulate, dtype)]
+        self.abcs: dict = {}  # (plane, slot) -> [(lands, event, accumulate, dtype)], in issue order
+        self.starts: dict = {}  # (plane, slot) -> per ABC of `abcs`, the index of the last non-accumulating one
         self.accs: list = []  # (plane, slot, cycle, event)
         self.violation: Violation | None = None
 
@@ -217,6 +218,11 @@ class MxmChecker:
         self.install_of[e] = iw
         self.edges.add([iw], [e])
         history.append((cycle + self.chip.mxm.abc_latency_cycles, e, bool(ins.accumulate), dtype))
+        starts = self.starts.setdefault((plane, slot), [])
+        if ins.accumulate:
+            starts.append(starts[-1] if starts else 0)
+        else:
+            starts.append(len(history) - 1)
 
     def _acc(self, e, plane, ins, cycle, slot) -> None:
         if not 0 <= slot < self.chip.mxm.accumulator_vectors:
@@ -228,14 +234,14 @@ class MxmChecker:
         """An ACC reads the fold of the products landed in its slot since the last non-accumulating one."""
         for plane, slot, cycle, e in self.accs:
             history = self.abcs.get((plane, slot), [])
-            landed = [(lands, a, add) for lands, a, add, _ in history if lands <= cycle]
+            # ABCs land a fixed latency after issue and are walked in issue order: the landed ones are a prefix
+            landed = bisect.bisect_right(history, cycle, key=lambda h: h[0])
             if not landed:
                 hint = (f"; the first ABC into it lands at cycle {history[0][0]}, so issue the ACC "
                         f"{history[0][0] - cycle} cycle(s) later") if history else ""
                 self.fail(e, f"reads accumulator slot {slot}, which holds no completed ABC result at cycle "
                              f"{cycle}{hint}")
                 continue
-            resets = [i for i, (_, _, add) in enumerate(landed) if not add]
-            used = [a for _, a, _ in landed[resets[-1] if resets else 0:]]
+            used = [a for _, a, _, _ in history[self.starts[(plane, slot)][landed - 1]:landed]]
             self.landed[e] = used
             self.edges.add(used, np.full(len(used), e))

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-
-import numpy as np
+from typing import NamedTuple
 
 from openlpu.errors import ProgramError, ScheduleError
 from openlpu.hardware.chip import Chip
@@ -24,15 +23,17 @@ from openlpu.isa.program import Program
 from openlpu.isa.types import QueueId
 
 
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """A burst: instruction `index` of queue `queue` issued at `cycles` with repeat counters `ks`."""
+class Issue(NamedTuple):
+    """A burst: instruction `index` of queue `queue` issued `count` times, from cycle `first` every `interval`
+    cycles, with repeat counters k0, k0 + 1, ..."""
 
     queue: QueueId
     index: int
     instruction: Instruction
-    cycles: np.ndarray
-    ks: np.ndarray
+    first: int
+    count: int = 1
+    interval: int = 1
+    k0: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ class _Walker:
         elif ins.op is Opcode.CONFIG:
             self.t += 1
         else:
-            self.issues.append(Issue(self.queue, self.pc, ins, np.array([self.t]), np.array([0])))
+            self.issues.append(Issue(self.queue, self.pc, ins, self.t))
             self.last = (self.pc, ins, self.t, 0)
             self.t += 1
 
@@ -80,12 +81,11 @@ class _Walker:
                 "it re-issues"
             )
         index, prev, t_last, k_last = self.last
-        j = np.arange(1, ins.n + 1)
         first = max(t_last + ins.d, self.t)  # never before the queue reaches the Repeat (after NOPs or a Sync)
-        cycles, ks = first + ins.d * (j - 1), k_last + j
-        self.issues.append(Issue(self.queue, index, prev, cycles, ks))
-        self.last = (index, prev, int(cycles[-1]), int(ks[-1]))
-        self.t = int(cycles[-1]) + 1
+        self.issues.append(Issue(self.queue, index, prev, first, ins.n, ins.d, k_last + 1))
+        last = first + ins.d * (ins.n - 1)
+        self.last = (index, prev, last, k_last + ins.n)
+        self.t = last + 1
 
 
 def expand(program: Program, chip: Chip) -> Timeline:
