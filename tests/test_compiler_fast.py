@@ -62,6 +62,11 @@ def test_a_ref_outside_its_tensor_is_an_internal_error_not_a_wrong_read(ref):
         fast.take(T, ref, np.zeros((T.rows, T.cols), np.float32))
 
 
+def test_an_array_of_the_wrong_shape_is_named_as_such():
+    with pytest.raises(InternalError, match=r"t: held as an array of shape \(6, 320\), declared \[6, 1280\]"):
+        fast.take(T, Ref("t"), np.zeros((T.rows, LANES), np.float32))
+
+
 @pytest.mark.parametrize("ref", [Ref("t", row0=1, rows=2, step=0), Ref("t", blocks=2, block_step=0)], ids=str)
 def test_a_train_cannot_write_one_vector_twice(ref):
     arr = np.zeros((T.rows, T.cols), np.float32)

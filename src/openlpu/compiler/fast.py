@@ -48,8 +48,10 @@ def view(t: TensorDef, ref: Ref, arr: np.ndarray, *, write: bool = False) -> np.
     without a copy. A view to `write` may not name one vector twice."""
     rows = t.rows if ref.rows is None else ref.rows
     nb = t.blocks - ref.block0 if ref.blocks is None else ref.blocks
+    if arr.shape != (t.rows, t.cols):
+        raise InternalError(f"{t.name}: held as an array of shape {arr.shape}, declared [{t.rows}, {t.cols}]")
     if ref.step < 0 or ref.block_step < 0 or ref.row0 + (rows - 1) * ref.step >= t.rows or \
-            ref.block0 + (nb - 1) * ref.block_step >= t.blocks or arr.shape != (t.rows, t.cols):
+            ref.block0 + (nb - 1) * ref.block_step >= t.blocks:
         raise InternalError(f"{ref}: outside {t.name} [{t.rows} rows, {t.blocks} blocks]")
     if write and ((ref.block_step == 0 and nb > 1) or (ref.step == 0 and rows > 1)):
         raise InternalError(f"{ref}: a train cannot write one vector twice")
