@@ -331,16 +331,19 @@ def op_group(op: Any) -> str:
 
 
 def breakdown(compiled: CompiledModel) -> dict[str, int]:
-    """Cycles per op group along the step's critical path: every chip's op spans, summed, except that a receive
-    counts only from the end of the previous chip's send (the wait before it is that chip's work, counted there).
-    Ops on one chip run one after another, so the total is the last chip's finish."""
+    """Cycles per op group along the step's critical path: on each chip, the cycles by which an op carries the
+    chip's progress past the ops before it (ops overlap, so each cycle counts once), a receive only from the end
+    of the previous chip's send (the wait before it is that chip's work, counted there). The total is the last
+    chip's finish."""
     totals: Counter[str] = Counter()
     send_end = 0
     for g, s in zip(compiled.graphs, compiled.scheduled):
+        reached = 0
         for op, (start, done) in zip(g.ops, s.spans):
             if isinstance(op, Receive):
                 start = max(start, send_end)
-            totals[op_group(op)] += done - start
+            totals[op_group(op)] += max(0, done - max(start, reached))
+            reached = max(reached, done)
             if isinstance(op, Send):
                 send_end = done
     return dict(totals.most_common())

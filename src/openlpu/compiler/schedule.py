@@ -1,12 +1,17 @@
 """Scheduling and emission: a placed chip graph becomes one program, every instruction at an exact cycle.
 
-Operations run one after another: each starts when everything the previous one wrote has landed (the emitters
-return that cycle), so no two operations ever share a unit, a stream or a bank, and the program's cycle count is
-known before it runs. The exception is a `Pair`: two matmuls that start together, one on each hemisphere's
-MXM, each on its own hemisphere's slices and streams; and a `Chain` is one operation whose steps run in one pass
-through the VXM's ALU ranks (`emit_chain`). Inside an operation the emitters overlap what the hardware
-allows (the matmul loads the next weight tile while the current one multiplies; reads stream one vector per
-cycle).
+Each operation is emitted as if it ran alone, from the cycle at which everything before it has landed (the
+emitters return that cycle), and is then moved as early as what is already placed allows (`overlap`): every SRAM
+word, queue, bank, stream and stateful unit used as the simulator's verifier demands. So an operation starts while
+the one before it is still landing its last rows, and independent work (a query's attention in a prefill next to
+the previous query's) runs side by side. A consumer's read train cannot run beside its producer's write train on
+the same slices, though: a slice's queue issues one instruction per cycle. The program's cycle count is known
+before it runs.
+
+A `Pair` is two matmuls that start together, one on each hemisphere's MXM, each on its own hemisphere's slices and
+streams; a `Chain` is one operation whose steps run in one pass through the VXM's ALU ranks (`emit_chain`).
+Inside an operation the emitters overlap what the hardware allows (the matmul loads the next weight tile while
+the current one multiplies; reads stream one vector per cycle).
 
 Chip-to-chip: `Send` reads each byte plane of its tensor onto an eastward stream to reach the east link one
 serialisation time apart; `Receive` takes each vector as soon as it has arrived over the link (the sender's
@@ -31,6 +36,7 @@ from openlpu.compiler.chipgraph import (
     TokenScale,
     Vxm,
 )
+from openlpu.compiler.overlap import Overlap
 from openlpu.errors import InternalError
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Hemisphere
@@ -75,34 +81,52 @@ def schedule(graph: ChipGraph, placed: dict[str, Tensor], chip: Chip, *, arrival
         rows = tensor.rows if ref.rows is None else ref.rows
         return View(tensor, ref.block0, nb, ref.row0, rows, ref.step, ref.block_step)
 
+    overlap = Overlap(chip)
     for op in graph.ops:
-        start = t
-        if isinstance(op, Vxm):
-            t = emit_vxm(b, op.op, op.dtype, [view(r) for r in op.ins], view(op.out), t, imm=op.imm, to=op.to)
-        elif isinstance(op, Chain):
-            t = emit_chain(b, _chain_steps(op, graph, view), t)
-        elif isinstance(op, Matmul):
-            t = emit_matmul(b, placed[op.a], placed[op.w], placed[op.c], t, skip=op.skip)
-        elif isinstance(op, Pair):
-            t = _pair(b, op, placed, t)
-        elif isinstance(op, RmsNorm):
-            inv, p0, p1 = (placed[s] for s in op.scratch)
-            t = emit_rmsnorm(b, placed[op.x], placed[op.w], placed[op.y], inv, (p0, p1), op.n, op.eps, t)
-        elif isinstance(op, TokenScale):
-            p0, p1 = (placed[s] for s in op.scratch)
-            t = emit_token_scale(b, placed[op.x], placed[op.y], (p0, p1), t)
-        elif isinstance(op, LaneMix):
-            t = emit_lane_mix(b, view(op.x), [Term(r, view(m)) for r, m in op.terms], view(op.out), t)
-        elif isinstance(op, Scatter):
-            t = emit_scatter(b, view(op.src), placed[op.dst], View.of(placed[op.index], lanes), t)
-        elif isinstance(op, Send):
-            t, sent = _send(b, placed[op.src], t)
-        elif isinstance(op, Receive):
-            t = _receive(b, placed[op.dst], arrivals, t)
-        else:
-            raise InternalError(f"no emitter for {op!r}")
-        spans.append((start, t))
+        emitted: dict[str, tuple[int, ...] | None] = {}
+
+        def emit(pb: ProgramBuilder, start: int, op=op, emitted=emitted) -> int:
+            done, emitted["sent"] = _emit(pb, op, graph, placed, view, arrivals, start)
+            return done
+
+        start, done = overlap.place(b, emit, t, movable=not isinstance(op, (Send, Receive)))
+        if emitted["sent"] is not None:  # a Send's cycles, as emitted: transfers never move
+            sent = emitted["sent"]
+        spans.append((start, done))
+        t = max(t, done)
     return Scheduled(b.build(), b.predicted_cycles(), tuple(spans), sent)
+
+
+def _emit(b: ProgramBuilder, op, graph: ChipGraph, placed: dict[str, Tensor], view, arrivals: tuple[int, ...],
+          t: int) -> tuple[int, tuple[int, ...] | None]:
+    """Place `op` alone from cycle `t`; returns the cycle everything it wrote has landed, and its sent cycles
+    (a Send's)."""
+    sent, lanes = None, b.chip.lanes.lanes
+    if isinstance(op, Vxm):
+        t = emit_vxm(b, op.op, op.dtype, [view(r) for r in op.ins], view(op.out), t, imm=op.imm, to=op.to)
+    elif isinstance(op, Chain):
+        t = emit_chain(b, _chain_steps(op, graph, view), t)
+    elif isinstance(op, Matmul):
+        t = emit_matmul(b, placed[op.a], placed[op.w], placed[op.c], t, skip=op.skip)
+    elif isinstance(op, Pair):
+        t = _pair(b, op, placed, t)
+    elif isinstance(op, RmsNorm):
+        inv, p0, p1 = (placed[s] for s in op.scratch)
+        t = emit_rmsnorm(b, placed[op.x], placed[op.w], placed[op.y], inv, (p0, p1), op.n, op.eps, t)
+    elif isinstance(op, TokenScale):
+        p0, p1 = (placed[s] for s in op.scratch)
+        t = emit_token_scale(b, placed[op.x], placed[op.y], (p0, p1), t)
+    elif isinstance(op, LaneMix):
+        t = emit_lane_mix(b, view(op.x), [Term(r, view(m)) for r, m in op.terms], view(op.out), t)
+    elif isinstance(op, Scatter):
+        t = emit_scatter(b, view(op.src), placed[op.dst], View.of(placed[op.index], lanes), t)
+    elif isinstance(op, Send):
+        t, sent = _send(b, placed[op.src], t)
+    elif isinstance(op, Receive):
+        t = _receive(b, placed[op.dst], arrivals, t)
+    else:
+        raise InternalError(f"no emitter for {op!r}")
+    return t, sent
 
 
 def _chain_steps(op: Chain, graph: ChipGraph, view) -> list[ChainStep]:

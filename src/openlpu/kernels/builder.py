@@ -55,6 +55,15 @@ class ProgramBuilder:
         self.last_effect = max(self.last_effect, self.effects[-1])
         return burst
 
+    def merge(self, other: ProgramBuilder, shift: int = 0) -> None:
+        """Add everything placed on `other` (a builder for the same chip), `shift` cycles later."""
+        for q, bursts in other.bursts.items():
+            mine = self.bursts.setdefault(q, [])
+            mine += [Burst(b.cycle + shift, b.instruction, b.count, b.interval) for b in bursts] if shift else bursts
+        self.effects += [e + shift for e in other.effects]
+        if other.effects:
+            self.last_effect = max(self.last_effect, other.last_effect + shift)
+
     def mark(self) -> int:
         """A point in the emission: `done_since(mark)` is when what was placed after it has all landed."""
         return len(self.effects)

@@ -13,7 +13,8 @@ and writes are grouped into Repeat bursts wherever the address and issue cycle a
 interleave.
 
 Every emitter takes `start` (no instruction issues before it) and returns the first cycle after all its results
-have landed: the compiler runs operations one after another, so nothing of two operations ever meets.
+have landed. An emitter schedules its operation as if it ran alone; the compiler then moves it earlier only where
+nothing of it meets what is already placed (`openlpu.compiler.overlap`).
 """
 
 from __future__ import annotations

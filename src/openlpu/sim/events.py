@@ -58,7 +58,8 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
-def build(timeline: Timeline, chip: Chip) -> Events:
+def build(timeline: Timeline, chip: Chip, cache: dict | None = None) -> Events:
+    """`cache`: templates by (queue, instruction), kept by a caller that builds many tables for one chip."""
     geo = Geometry.of(chip)
     ids: dict[tuple[QueueId, int], int] = {}
     templates: list[Template] = []
@@ -67,7 +68,8 @@ def build(timeline: Timeline, chip: Chip) -> Events:
         key = (issue.queue, issue.index)
         if key not in ids:
             ids[key] = len(templates)
-            templates.append(_template(chip, geo, issue.queue, issue.index, issue.instruction))
+            templates.append(_template(chip, geo, issue.queue, issue.index, issue.instruction) if cache is None
+                             else _cached(cache, chip, geo, issue.queue, issue.index, issue.instruction))
         bursts.append((ids[key], issue.first, issue.count, issue.interval, issue.k0))
     if not templates:
         empty = np.zeros(0, np.int64)
@@ -99,6 +101,15 @@ def _accesses(templates, template, cycle, pick, shift) -> tuple[Accesses, np.nda
     tmpl = template[event]
     item = offsets[tmpl] + j
     return Accesses(dirs[item], streams[item], position[tmpl], cycle[event] + delay[tmpl], event), base
+
+
+def _cached(cache: dict, chip: Chip, geo: Geometry, q: QueueId, index: int, ins: Instruction) -> Template:
+    """`_template`, its parts looked up by the fields they depend on (every field but the addresses and rows)."""
+    key = (q, ins.op, ins.dtype, ins.to, ins.a, ins.b, ins.c, ins.out, ins.map, ins.n, ins.stride)
+    t = cache.get(key)
+    if t is None:
+        t = cache[key] = _template(chip, geo, q, index, ins)
+    return Template(q, index, ins, t.position, t.latency, t.reads, t.writes, t.step)
 
 
 def _template(chip: Chip, geo: Geometry, q: QueueId, index: int, ins: Instruction) -> Template:
