@@ -11,8 +11,9 @@ cycles, every rule the simulator's verifier enforces still holds against what is
 - streams: on every diagonal of every stream, the stretch of positions an operation uses (from where it writes a
   value to where it last reads it) meets no other operation's stretch, so every read still sees its own
   operation's value;
-- units with state (an MXM's weight buffers and accumulators, the SXM, the chip-to-chip links): an operation
-  that uses one starts after the last operation that used it has finished.
+- units with state (an MXM's weight buffers and accumulators, the chip-to-chip links): an operation that uses
+  one starts after the last operation that used it has finished. The VXM's ALUs and the SXM keep nothing between
+  instructions, so their queues and streams are all there is to check.
 
 Gather and Scatter (data-dependent addresses) and chip-to-chip transfers never move; a Scatter's slices count as
 written in full. Operations keep their order: none starts before the one before it.
@@ -32,19 +33,18 @@ import numpy as np
 from openlpu.hardware.chip import Chip
 from openlpu.hardware.geometry import Geometry
 from openlpu.isa.opcodes import Opcode
-from openlpu.isa.types import QueueId, Unit
+from openlpu.isa.types import Direction, QueueId, Unit
 from openlpu.kernels.builder import ProgramBuilder
-from openlpu.sim import events as ev_mod
-from openlpu.sim import hazards
-from openlpu.sim.timing import Issue, Timeline
+from openlpu.sim import hazards, semantics
 
 NEVER = -(1 << 40)
 SLICE_SPAN = 1 << 11  # more than a chip's MEM slices (at most 2 x 1024)
-STATEFUL = (Unit.MXM, Unit.SXM, Unit.C2C)
+STATEFUL = (Unit.MXM, Unit.C2C)
 HORIZON = 4096  # the most cycles an operation moves earlier
 MAX_TRIES = 256  # conflicts stepped past before an operation simply runs alone
 _WRITES = (hazards.OP_CODE[Opcode.WRITE], hazards.OP_CODE[Opcode.SCATTER])
 _WIDE = (hazards.OP_CODE[Opcode.GATHER], hazards.OP_CODE[Opcode.SCATTER])
+_SCATTER = hazards.OP_CODE[Opcode.SCATTER]
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class Overlap:
     last_read: np.ndarray = field(init=False)
     unit_done: dict = field(default_factory=dict)
     busy: dict = field(default_factory=dict)  # queue id -> ([first issue], [last issue]) of its bursts, in order
-    templates: dict = field(default_factory=dict)  # the event tables' templates, by (queue, instruction)
+    parts: dict = field(default_factory=dict)  # `_Parts` by queue and instruction fields
     live: list = field(default_factory=list)  # (done, shifted footprint) of operations that may still overlap
 
     def __post_init__(self) -> None:
@@ -93,7 +93,7 @@ class Overlap:
         to `b` as early as it can go; returns its (start, done) there."""
         pb = ProgramBuilder(b.chip, b.name, _positions=b._positions)
         done = emit(pb, start)
-        fp = footprint(pb, self.chip, self.queue_ids, self.templates)
+        fp = footprint(pb, self.chip, self.queue_ids, self.parts)
         d = self.shift(fp, start, movable)
         b.merge(pb, d)
         self.add(fp, start, done, d)
@@ -138,49 +138,94 @@ class Overlap:
         self.live = [(dn, f) for dn, f in self.live if dn > start - HORIZON] + [(done + d, _shifted(fp, d))]
 
 
-def footprint(pb: ProgramBuilder, chip: Chip, queue_ids: dict[QueueId, int], templates: dict | None = None
-              ) -> Footprint:
-    issues = [Issue(q, i, b.instruction, b.cycle, b.count, b.interval)
-              for q, bs in pb.bursts.items() for i, b in enumerate(bs)]
-    ev = ev_mod.build(Timeline(issues, {}, []), chip, templates)
-    ops = np.array([hazards.OP_CODE[t.instruction.op] for t in ev.templates], np.int64)[ev.template]
-    is_mem, slices, addr = hazards.mem_fields(ev, chip)
-    word = slices * chip.mem.addresses_per_slice + addr
-    is_write, is_wide = np.isin(ops, _WRITES), np.isin(ops, _WIDE)
-    r, w = np.flatnonzero(is_mem & ~is_write & ~is_wide), np.flatnonzero(is_mem & is_write & ~is_wide)
-    mem = np.flatnonzero(is_mem)
-    when = ev.cycle[mem] + np.where(is_write[mem], chip.mem.write_latency_cycles, 0)
-    bursts = [(q, b) for q, bs in pb.bursts.items() for b in bs]
-    positions = Geometry.of(chip).positions
-    line, low, high = _lines(ev, positions)
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What every issue of one instruction on one queue touches, whatever its address: the MEM slice (-1: not a
+    MEM queue) and access kind, how far Repeat advances the address, and its stream accesses as (line base,
+    position offset, delay): the diagonal of an access at cycle c is c + delay + offset."""
+
+    slice: int
+    kind: int  # 0 no SRAM, 1 read, 2 write, 3 gather, 4 scatter
+    step: int
+    lines: tuple[tuple[int, int, int], ...]
+    position: int
+
+
+def _parts(chip: Chip, geo: Geometry, q: QueueId, ins) -> _Parts:
+    position = semantics.position(geo, chip, q)
+    east_off, west_off = -position + geo.positions + 1, position + geo.positions + 1
+    latency = semantics.latency(chip, ins.op)
+    lines = tuple(((0 if d is Direction.E else 1) * 256 + s << 34, east_off if d is Direction.E else west_off, delay)
+                  for accesses, delay in ((semantics.stream_reads(chip, q, ins), 0),
+                                          (semantics.stream_writes(ins), latency))
+                  for d, s in accesses)
+    code = hazards.OP_CODE[ins.op]
+    kind = 0 if q.unit is not Unit.MEM else 4 if code == _SCATTER else 3 if code in _WIDE else 2 if code in _WRITES \
+        else 1
+    return _Parts(geo.global_slice(q.hemisphere, q.index) if q.unit is Unit.MEM else -1, kind,
+                  semantics.advance_step(chip, ins), lines, position)
+
+
+def footprint(pb: ProgramBuilder, chip: Chip, queue_ids: dict[QueueId, int], cache: dict) -> Footprint:
+    """The footprint of what `pb` holds (one operation), from its bursts; `cache` keeps `_Parts` between calls."""
+    geo = Geometry.of(chip)
+    rows, parts = [], []
+    for q, bursts in pb.bursts.items():
+        qid = queue_ids.setdefault(q, len(queue_ids))
+        for b in bursts:
+            ins = b.instruction
+            key = (q, ins.op, ins.dtype, ins.to, ins.a, ins.b, ins.c, ins.out, ins.map, ins.n, ins.stride)
+            p = cache.get(key)
+            if p is None:
+                p = cache[key] = _parts(chip, geo, q, ins)
+            parts.append(p)
+            rows.append((qid, b.cycle, b.count, b.interval, -1 if ins.addr is None else ins.addr, p.step, p.slice,
+                         p.kind))
+    if not rows:
+        empty = np.zeros(0, np.int64)
+        return Footprint(*[empty] * 12, frozenset(), empty, False, (0, 0))
+    qid, c0, count, interval, addr0, step, slc, kind = np.array(rows, np.int64).T
+    mem = _mem_events(c0, count, interval, addr0, step, slc, kind, chip)
+    line, low, high = _lines(parts, c0, count, interval)
     return Footprint(
-        read_word=word[r], read_cycle=ev.cycle[r],
-        write_word=word[w], write_commit=ev.cycle[w] + chip.mem.write_latency_cycles,
-        bank_key=when * SLICE_SPAN + slices[mem],
-        bank=np.where(is_wide[mem], -1, addr[mem] % chip.mem.banks_per_slice),
-        queue=np.array([queue_ids.setdefault(q, len(queue_ids)) for q, _ in bursts], np.int64),
-        first=np.array([b.cycle for _, b in bursts], np.int64),
-        last=np.array([b.last for _, b in bursts], np.int64),
-        line=line, low=low, high=high,
+        *mem, queue=qid, first=c0, last=c0 + (count - 1) * interval, line=line, low=low, high=high,
         units=frozenset((q.unit, q.hemisphere) for q in pb.bursts if q.unit in STATEFUL),
-        wide_slices=np.unique(slices[is_mem & is_wide]),
-        fixed=bool(np.any(is_mem & is_wide)),
-        cycles=(min(b.cycle for _, b in bursts), pb.done_since(0) + positions) if bursts else (0, 0),
+        wide_slices=np.unique(slc[kind >= 3]), fixed=bool(np.any(kind >= 3)),
+        cycles=(int(c0.min()), pb.done_since(0) + geo.positions),
     )
 
 
-def _lines(ev, positions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _expand(count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(burst index, repeat k) of every issue of bursts issued `count` times each."""
+    burst = np.repeat(np.arange(len(count)), count)
+    k = np.arange(len(burst)) - np.repeat(np.cumsum(count) - count, count)
+    return burst, k
+
+
+def _mem_events(c0, count, interval, addr0, step, slc, kind, chip: Chip) -> tuple[np.ndarray, ...]:
+    """(read word, read cycle, write word, write commit, bank key, bank) of every SRAM access."""
+    sel = np.flatnonzero(kind > 0)
+    burst, k = _expand(count[sel])
+    burst = sel[burst]
+    cycle, addr, kd, sl = c0[burst] + k * interval[burst], addr0[burst] + k * step[burst], kind[burst], slc[burst]
+    word = sl * chip.mem.addresses_per_slice + addr
+    r, w = kd == 1, kd == 2
+    wl = chip.mem.write_latency_cycles
+    when = np.where((kd == 2) | (kd == 4), cycle + wl, cycle)  # a bank is written when the write commits
+    bank = np.where(kd >= 3, -1, addr % chip.mem.banks_per_slice)
+    return word[r], cycle[r], word[w], cycle[w] + wl, when * SLICE_SPAN + sl, bank
+
+
+def _lines(parts: list[_Parts], c0, count, interval) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every stream diagonal the operation uses, with the lowest and highest position it uses it at."""
-    acc = [a for a in (ev.reads, ev.writes) if len(a.cycle)]
-    if not acc:
+    per = [(i, base, off + delay, p.position) for i, p in enumerate(parts) for base, off, delay in p.lines]
+    if not per:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    direction = np.concatenate([a.direction for a in acc])
-    stream = np.concatenate([a.stream for a in acc])
-    position = np.concatenate([a.position for a in acc])
-    cycle = np.concatenate([a.cycle for a in acc])
-    diagonal = np.where(direction == 0, cycle - position, cycle + position) + positions + 1
-    key = (direction * 256 + stream) * (1 << 34) + diagonal
+    burst, base, shift, position = np.array(per, np.int64).T
+    idx, k = _expand(count[burst])
+    key = base[idx] + c0[burst][idx] + k * interval[burst][idx] + shift[idx]
+    position = position[idx]
     order = np.lexsort((position, key))
     key, position = key[order], position[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
