@@ -1,12 +1,12 @@
-"""Row-level overlap: how early an operation may start while the ones before it are still running.
+"""Overlap: how early an operation may start while the ones before it are still running.
 
 The scheduler emits each operation as if it ran alone (from the cycle at which everything before it has landed),
 then asks `Overlap.shift` how far earlier the whole operation can move. A shift is taken only if, at the shifted
 cycles, every rule the simulator's verifier enforces still holds against what is already placed:
 
-- SRAM, word by word: every read issues at or after the commit of the last write to its word (so a consumer
-  train may start while its producer is still writing later rows), no write commits before an earlier read of or
-  write to its word, and no two accesses hit one bank of one slice in one cycle;
+- SRAM, word by word: every read issues at or after the commit of the last write to its word (a consumer may
+  read a row as soon as it is committed), no write commits before an earlier read of or write to its word, and no
+  two accesses hit one bank of one slice in one cycle;
 - queues: no two bursts of one queue overlap;
 - streams: on every diagonal of every stream, the stretch of positions an operation uses (from where it writes a
   value to where it last reads it) meets no other operation's stretch, so every read still sees its own
@@ -16,7 +16,8 @@ cycles, every rule the simulator's verifier enforces still holds against what is
   instructions, so their queues and streams are all there is to check.
 
 Gather and Scatter (data-dependent addresses) and chip-to-chip transfers never move; a Scatter's slices count as
-written in full. Operations keep their order: none starts before the one before it.
+written in full. An operation may start before the one emitted before it, but never more than `HORIZON` cycles
+before the cycle it was emitted at.
 
 The search tries the most negative shift the SRAM words allow and steps forward past each conflict (a queue
 conflict jumps to the end of the burst in the way); shift 0, the operation run alone, is always legal.
@@ -55,7 +56,7 @@ class Footprint:
     read_cycle: np.ndarray
     write_word: np.ndarray  # SRAM writes: word and commit cycle
     write_commit: np.ndarray
-    bank_key: np.ndarray  # (cycle the bank is used, slice) as when * SLICE_SPAN + slice, and the bank (-1: both)
+    bank_key: np.ndarray  # (cycle the bank is used, slice) as when * SLICE_SPAN + slice, sorted; the bank (-1: both)
     bank: np.ndarray
     queue: np.ndarray  # per burst: queue id, first and last issue cycle
     first: np.ndarray
@@ -213,7 +214,9 @@ def _mem_events(c0, count, interval, addr0, step, slc, kind, chip: Chip) -> tupl
     wl = chip.mem.write_latency_cycles
     when = np.where((kd == 2) | (kd == 4), cycle + wl, cycle)  # a bank is written when the write commits
     bank = np.where(kd >= 3, -1, addr % chip.mem.banks_per_slice)
-    return word[r], cycle[r], word[w], cycle[w] + wl, when * SLICE_SPAN + sl, bank
+    key = when * SLICE_SPAN + sl
+    order = np.argsort(key, kind="stable")
+    return word[r], cycle[r], word[w], cycle[w] + wl, key[order], bank[order]
 
 
 def _lines(parts: list[_Parts], c0, count, interval) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -279,11 +282,9 @@ def _bank_clash(fp: Footprint, other: Footprint, d: int) -> bool:
     if not len(fp.bank_key) or not len(other.bank_key):
         return False
     keys = fp.bank_key + d * SLICE_SPAN
-    order = np.argsort(other.bank_key, kind="stable")
-    sk = other.bank_key[order]
-    lo, hi = np.searchsorted(sk, keys, "left"), np.searchsorted(sk, keys, "right")
+    lo, hi = np.searchsorted(other.bank_key, keys, "left"), np.searchsorted(other.bank_key, keys, "right")
     for i in np.flatnonzero(hi > lo):
-        banks = other.bank[order[lo[i]:hi[i]]]
+        banks = other.bank[lo[i]:hi[i]]
         if fp.bank[i] < 0 or np.any((banks < 0) | (banks == fp.bank[i])):
             return True
     return False
