@@ -37,6 +37,7 @@ from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import Direction, QueueId, Unit
 from openlpu.kernels.builder import ProgramBuilder
 from openlpu.sim import hazards, semantics
+from openlpu.sim.events import template_key
 
 NEVER = -(1 << 40)
 SLICE_SPAN = 1 << 11  # more than a chip's MEM slices (at most 2 x 1024)
@@ -80,7 +81,7 @@ class Overlap:
     last_read: np.ndarray = field(init=False)
     unit_done: dict = field(default_factory=dict)
     busy: dict = field(default_factory=dict)  # queue id -> ([first issue], [last issue]) of its bursts, in order
-    parts: dict = field(default_factory=dict)  # `_Parts` by queue and instruction fields
+    parts: dict = field(default_factory=dict)  # `_Parts` by `template_key`
     live: list = field(default_factory=list)  # (done, shifted footprint) of operations that may still overlap
 
     def __post_init__(self) -> None:
@@ -175,7 +176,7 @@ def footprint(pb: ProgramBuilder, chip: Chip, queue_ids: dict[QueueId, int], cac
         qid = queue_ids.setdefault(q, len(queue_ids))
         for b in bursts:
             ins = b.instruction
-            key = (q, ins.op, ins.dtype, ins.to, ins.a, ins.b, ins.c, ins.out, ins.map, ins.n, ins.stride)
+            key = template_key(q, ins)
             p = cache.get(key)
             if p is None:
                 p = cache[key] = _parts(chip, geo, q, ins)

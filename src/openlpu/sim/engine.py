@@ -145,7 +145,7 @@ class _Run:
         self.program, self.chip = program, chip
         validate.check_program(program, chip)
         self.timeline = timing.expand(program, chip)
-        self.ev = events_mod.build(self.timeline, chip, {})
+        self.ev = events_mod.build(self.timeline, chip)
         self.ops = np.array([OP_INDEX[t.instruction.op] for t in self.ev.templates], np.int64)[self.ev.template] \
             if len(self.ev) else np.zeros(0, np.int64)
         _, self.slice, self.addr = hazards.mem_fields(self.ev, chip)

@@ -58,9 +58,9 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
-def build(timeline: Timeline, chip: Chip, cache: dict | None = None) -> Events:
-    """`cache`: templates by (queue, instruction), kept by a caller that builds many tables for one chip."""
+def build(timeline: Timeline, chip: Chip) -> Events:
     geo = Geometry.of(chip)
+    cache: dict[tuple, Template] = {}  # most instructions differ from others on their queue only in addresses
     ids: dict[tuple[QueueId, int], int] = {}
     templates: list[Template] = []
     bursts = []  # per issue: template, first cycle, count, interval, first k
@@ -68,8 +68,7 @@ def build(timeline: Timeline, chip: Chip, cache: dict | None = None) -> Events:
         key = (issue.queue, issue.index)
         if key not in ids:
             ids[key] = len(templates)
-            templates.append(_template(chip, geo, issue.queue, issue.index, issue.instruction) if cache is None
-                             else _cached(cache, chip, geo, issue.queue, issue.index, issue.instruction))
+            templates.append(_cached(cache, chip, geo, issue.queue, issue.index, issue.instruction))
         bursts.append((ids[key], issue.first, issue.count, issue.interval, issue.k0))
     if not templates:
         empty = np.zeros(0, np.int64)
@@ -103,9 +102,15 @@ def _accesses(templates, template, cycle, pick, shift) -> tuple[Accesses, np.nda
     return Accesses(dirs[item], streams[item], position[tmpl], cycle[event] + delay[tmpl], event), base
 
 
+def template_key(q: QueueId, ins: Instruction) -> tuple:
+    """What an instruction's position, latency, stream accesses and Repeat step depend on: its queue, opcode,
+    types, stream operands, `n` and stride (not its address, row, slot, immediate or lane arguments)."""
+    return q, ins.op, ins.dtype, ins.to, ins.a, ins.b, ins.c, ins.out, ins.map, ins.n, ins.stride
+
+
 def _cached(cache: dict, chip: Chip, geo: Geometry, q: QueueId, index: int, ins: Instruction) -> Template:
-    """`_template`, its parts looked up by the fields they depend on (every field but the addresses and rows)."""
-    key = (q, ins.op, ins.dtype, ins.to, ins.a, ins.b, ins.c, ins.out, ins.map, ins.n, ins.stride)
+    """`_template`, its parts looked up by `template_key`."""
+    key = template_key(q, ins)
     t = cache.get(key)
     if t is None:
         t = cache[key] = _template(chip, geo, q, index, ins)
