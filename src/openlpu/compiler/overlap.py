@@ -37,7 +37,7 @@ from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import Direction, QueueId, Unit
 from openlpu.kernels.builder import ProgramBuilder
 from openlpu.sim import hazards, semantics
-from openlpu.sim.events import template_key
+from openlpu.sim.events import expand, template_key
 
 NEVER = -(1 << 40)
 SLICE_SPAN = 1 << 11  # more than a chip's MEM slices (at most 2 x 1024)
@@ -197,17 +197,10 @@ def footprint(pb: ProgramBuilder, chip: Chip, queue_ids: dict[QueueId, int], cac
     )
 
 
-def _expand(count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(burst index, repeat k) of every issue of bursts issued `count` times each."""
-    burst = np.repeat(np.arange(len(count)), count)
-    k = np.arange(len(burst)) - np.repeat(np.cumsum(count) - count, count)
-    return burst, k
-
-
 def _mem_events(c0, count, interval, addr0, step, slc, kind, chip: Chip) -> tuple[np.ndarray, ...]:
     """(read word, read cycle, write word, write commit, bank key, bank) of every SRAM access."""
     sel = np.flatnonzero(kind > 0)
-    burst, k = _expand(count[sel])
+    burst, k = expand(count[sel])
     burst = sel[burst]
     cycle, addr, kd, sl = c0[burst] + k * interval[burst], addr0[burst] + k * step[burst], kind[burst], slc[burst]
     word = sl * chip.mem.addresses_per_slice + addr
@@ -227,7 +220,7 @@ def _lines(parts: list[_Parts], c0, count, interval) -> tuple[np.ndarray, np.nda
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
     burst, base, shift, position = np.array(per, np.int64).T
-    idx, k = _expand(count[burst])
+    idx, k = expand(count[burst])
     key = base[idx] + c0[burst][idx] + k * interval[burst][idx] + shift[idx]
     position = position[idx]
     order = np.lexsort((position, key))

@@ -75,13 +75,19 @@ def build(timeline: Timeline, chip: Chip) -> Events:
         none = Accesses(empty, empty, empty, empty, empty)
         return Events(templates, empty, empty, empty, empty, empty, none, none)
     ids_, firsts, counts, intervals, k0s = np.array(bursts, dtype=np.int64).T
-    template = np.repeat(ids_, counts)
-    offset = np.arange(len(template)) - np.repeat(np.cumsum(counts) - counts, counts)  # j within its burst
-    cycle = np.repeat(firsts, counts) + np.repeat(intervals, counts) * offset
-    k = np.repeat(k0s, counts) + offset
+    burst, offset = expand(counts)
+    template = ids_[burst]
+    cycle = firsts[burst] + intervals[burst] * offset
+    k = k0s[burst] + offset
     reads, read_base = _accesses(templates, template, cycle, lambda t: t.reads, lambda t: 0)
     writes, write_base = _accesses(templates, template, cycle, lambda t: t.writes, lambda t: t.latency)
     return Events(templates, template, cycle, k, read_base, write_base, reads, writes)
+
+
+def expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(burst index, j within the burst) of every issue of bursts issued `counts` times each, in order."""
+    burst = np.repeat(np.arange(len(counts)), counts)
+    return burst, np.arange(len(burst)) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 def _accesses(templates, template, cycle, pick, shift) -> tuple[Accesses, np.ndarray]:
