@@ -7,6 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType
 from openlpu.sim import numerics as nx
 
@@ -192,3 +193,39 @@ def test_the_attention_head_sum_tile_agrees_with_the_exact_pass_mask_row_include
         got = nx.mxm_pass_fp16(acts, w64, nx.column_norms(w64), blocks, below)
         assert same_bits(got, nx.mxm_pass(acts, w, DType.FP16))
     assert same_bits(got[4:6, 320:322], exact(acts[4:6], w[:, 320:322]))
+
+
+def test_fp32_to_fp16_gives_numpys_bits_at_every_rounding_edge_and_on_strided_views():
+    """Every finite fp16 value as fp32, the midpoints between neighbours (ties to even) and the fp32 values one
+    step either side of them, both signs: subnormals, binade carries, overflow and infinities."""
+    h = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)  # 0 .. 65504
+    mid = ((h[:-1].astype(np.float64) + h[1:]) / 2).astype(np.float32)  # exact: 12 bits
+    up, down = np.nextafter(mid, np.float32(np.inf)), np.nextafter(mid, np.float32(0))
+    big = np.array([65519.996, 65520, 65536, 1e30, np.inf, 2.0**-150, 1e-45], np.float32)
+    x = np.concatenate([h, mid, up, down, big])
+    x = np.concatenate([x, -x])
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+        bits = x.view(np.uint32)
+        assert np.array_equal(nx._fp16_by_bits(bits, bits & 0x7FFFFFFF).view(np.uint16), want)  # every value
+        assert np.array_equal(nx.fp32_to_fp16(x).view(np.uint16), want)
+        for part in (x[np.abs(x) < 2.0**-13], x[np.abs(x) > 2.0**-13]):  # each side of the choice of method
+            grid = part[: len(part) // 2 * 2].reshape(-1, 2)[:, ::-1][::3]  # strided, as the fast path passes
+            assert np.array_equal(nx.fp32_to_fp16(grid).view(np.uint16), grid.astype(np.float16).view(np.uint16))
+    assert nx.fp32_to_fp16(mid[:2]).tolist() == [0, 2.0**-23]  # 2^-25 ties down to 0, 3 * 2^-25 up to 2^-23
+    nan = np.array([np.nan, 1.0], np.float32)  # NumPy's own conversion, payload and all
+    assert np.array_equal(nx.fp32_to_fp16(nan).view(np.uint16), nan.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [DType.FP32, DType.FP16])
+def test_exp_skips_only_what_rounds_to_zero(dtype):
+    """Below `EXP_UNDERFLOW` exp rounds to +0 and is not computed; at and above it, and for NaN and inf, it is
+    np.exp in fp64 rounded once, as before."""
+    cut = nx.EXP_UNDERFLOW[dtype]
+    x = np.concatenate([np.linspace(cut - 3, cut + 3, 6001), [-np.inf, np.inf, np.nan, -30000, 0]])
+    x = x.astype(dtype.numpy)
+    got = nx.vxm_unary(Opcode.EXP, x, dtype)
+    with np.errstate(all="ignore"):
+        want = nx.narrow(np.exp(x.astype(np.float64)), dtype)
+    assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    assert (got[x.astype(np.float64) < cut] == 0).all() and np.isnan(got[-3])

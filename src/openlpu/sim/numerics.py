@@ -86,10 +86,45 @@ FP16_OVERFLOW = 65520.0
 2^16."""
 
 
+def fp32_to_fp16(x: np.ndarray) -> np.ndarray:
+    """fp32 -> fp16, to nearest even, overflowing to infinity: NumPy's own conversion, bit for bit (checked here
+    on all 2^32 inputs; the tests check every rounding edge). NumPy converts element by element and raises the
+    underflow flag for each fp16 subnormal it makes (measured here: 90 ns each, 14 times a normal one); the
+    attention scores' lo halves are mostly subnormal, so an array with many takes whole-array integer arithmetic
+    instead. Arrays with a NaN take NumPy's conversion (its NaN payloads)."""
+    if np.isnan(x).any():
+        with np.errstate(over="ignore"):
+            return x.astype(np.float16)
+    bits = np.ascontiguousarray(x).view(np.uint32)
+    mag = bits & 0x7FFFFFFF
+    if np.count_nonzero((mag - 1) < 0x387FFFFF) * 8 < mag.size:  # few in 0 < |x| < 2^-14: NumPy is as fast
+        with np.errstate(over="ignore"):
+            return x.astype(np.float16)
+    return _fp16_by_bits(bits, mag)
+
+
+def _fp16_by_bits(bits: np.ndarray, mag: np.ndarray) -> np.ndarray:
+    """`fp32_to_fp16` of the non-NaN fp32 values whose bits (uint32) and bits without the sign are given."""
+    x = bits.view(np.float32)
+    # normal: drop 13 fraction bits to nearest even (a carry runs on into the exponent, as rounding up into the
+    # next binade should) and rebias the exponent from 127 to 15; from 65520 up that is >= 0x7C00, infinity
+    h = (mag + (0xFFF + ((mag >> 13) & 1)) - (112 << 23)) >> 13
+    np.minimum(h, 0x7C00, out=h)
+    # below 2^-14, zero included: |x| + 0.5 rounds |x| to a multiple of 2^-24 (0.5's ulp), to nearest even, and
+    # its low bits count them (2^-14 itself: 1024, the least normal's bits)
+    small = (np.abs(x) + np.float32(0.5)).view(np.uint32) - 0x3F000000
+    np.copyto(h, small, where=mag < 0x38800000)
+    h |= (bits >> 16) & 0x8000
+    return h.astype(np.uint16).view(np.float16)
+
+
 def _saturate_fp16(x: np.ndarray) -> np.ndarray:
     """Round (fp32 or fp64) to fp16 once, to nearest even; finite values beyond the range saturate to +-65504."""
-    with np.errstate(over="ignore"):
-        h = x.astype(np.float16)
+    if x.dtype == np.float32:
+        h = fp32_to_fp16(x)
+    else:
+        with np.errstate(over="ignore"):
+            h = x.astype(np.float16)
     if not (np.abs(x) >= FP16_OVERFLOW).any():  # nothing finite rounded to infinity (nan compares false)
         return h
     over = np.isinf(h) & np.isfinite(x)
@@ -151,7 +186,24 @@ _BINARY = {
 }
 
 
+EXP_UNDERFLOW = {DType.FP32: -104.0, DType.FP16: -18.0}
+"""Below these, exp(x) is under half the type's least subnormal (2^-150 = e^-103.97, 2^-25 = e^-17.33), so its
+one rounding gives +0: `vxm_unary` skips computing it (masked attention scores are all down there)."""
+
+
+def _exp(x64: np.ndarray, dtype: DType) -> np.ndarray:
+    """np.exp(x64), with the entries that round to +0 in `dtype` left at +0 instead of computed (NaN is computed:
+    it compares false)."""
+    below = x64 < EXP_UNDERFLOW.get(dtype, -np.inf)
+    if not below.any():
+        return np.exp(x64)
+    return np.exp(x64, out=np.zeros_like(x64), where=~below)
+
+
 def vxm_unary(op: Opcode, x: np.ndarray, dtype: DType) -> np.ndarray:
+    if op is Opcode.EXP:
+        with np.errstate(all="ignore"):
+            return narrow(_exp(x.astype(np.float64), dtype), dtype)
     if op in _FLOAT_UNARY:
         with np.errstate(all="ignore"):
             return narrow(_FLOAT_UNARY[op](x.astype(np.float64)), dtype)
@@ -277,10 +329,9 @@ def _block_product(a64: np.ndarray, weights64: np.ndarray, blocks: Sequence[Bloc
 
 
 def _plus_zero(r: np.ndarray) -> np.ndarray:
-    """r with every zero made +0, in place: the accumulator is fixed-point, so an exact zero sum is +0."""
-    if not r.all():
-        r[r == 0] = 0.0
-    return r
+    """r with every zero made +0, in place: the accumulator is fixed-point, so an exact zero sum is +0. Adding +0
+    does it in one pass (-0 + +0 = +0; any other x + 0 is x, a NaN from a conversion, which is quiet, included)."""
+    return np.add(r, np.float32(0.0), out=r)
 
 
 def _certain(s: np.ndarray, r: np.ndarray, bound: np.ndarray) -> np.ndarray:
