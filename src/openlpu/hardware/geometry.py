@@ -10,14 +10,13 @@ takes one position per ALU rank, so chaining ALUs costs one stream hop per rank 
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from openlpu.enums import IdentityEnum
 from openlpu.hardware.chip import Chip
 
 
-class Hemisphere(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
+class Hemisphere(IdentityEnum):
     W = "w"
     E = "e"
 

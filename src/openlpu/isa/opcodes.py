@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 
+from openlpu.enums import IdentityEnum
 from openlpu.isa.types import Unit
 
 
@@ -21,8 +22,7 @@ class Family(enum.Enum):
     C2C = "c2c"
 
 
-class Opcode(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
+class Opcode(IdentityEnum):
     # ICU: every queue runs these for its own instruction stream.
     NOP = "nop"
     REPEAT = "repeat"

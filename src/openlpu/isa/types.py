@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import numpy as np
 
+from openlpu.enums import IdentityEnum
 from openlpu.hardware.geometry import Hemisphere
 
 
-class Direction(enum.Enum):
+class Direction(IdentityEnum):
     """Which way a stream flows: east is toward higher positions (see `openlpu.hardware.geometry`)."""
 
-    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
     E = "E"
     W = "W"
 
@@ -22,8 +21,7 @@ class Direction(enum.Enum):
         return 1 if self is Direction.E else -1
 
 
-class DType(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
+class DType(IdentityEnum):
     INT8 = "int8"
     INT16 = "int16"
     INT32 = "int32"
@@ -61,8 +59,7 @@ class StreamRef:
         return range(self.index, self.index + width)
 
 
-class Unit(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons compared by identity: Enum's default hashes the name in Python
+class Unit(IdentityEnum):
     MEM = "mem"
     VXM = "vxm"
     MXM = "mxm"
