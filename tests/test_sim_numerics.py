@@ -213,8 +213,9 @@ def test_fp32_to_fp16_gives_numpys_bits_at_every_rounding_edge_and_on_strided_vi
             grid = part[: len(part) // 2 * 2].reshape(-1, 2)[:, ::-1][::3]  # strided, as the fast path passes
             assert np.array_equal(nx.fp32_to_fp16(grid).view(np.uint16), grid.astype(np.float16).view(np.uint16))
     assert nx.fp32_to_fp16(mid[:2]).tolist() == [0, 2.0**-23]  # 2^-25 ties down to 0, 3 * 2^-25 up to 2^-23
-    nan = np.array([np.nan, 1.0], np.float32)  # NumPy's own conversion, payload and all
-    assert np.array_equal(nx.fp32_to_fp16(nan).view(np.uint16), nan.astype(np.float16).view(np.uint16))
+    for nan in ([np.nan, 1.0], [-np.nan] + [2.0**-20] * 7):  # NumPy's own conversion, payload and all
+        nan = np.array(nan, np.float32)
+        assert np.array_equal(nx.fp32_to_fp16(nan).view(np.uint16), nan.astype(np.float16).view(np.uint16))
 
 
 @pytest.mark.parametrize("dtype", [DType.FP32, DType.FP16])
