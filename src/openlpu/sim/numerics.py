@@ -155,15 +155,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-_FLOAT_UNARY = {
-    Opcode.EXP: np.exp,
-    Opcode.RECIP: lambda x: 1.0 / x,
-    Opcode.RSQRT: lambda x: 1.0 / np.sqrt(x),
-    Opcode.TANH: np.tanh,
-    Opcode.SIGMOID: _sigmoid,
-    Opcode.SILU: lambda x: x * _sigmoid(x),
-}
-
 _SIMPLE_UNARY = {
     Opcode.COPY: lambda x: x,
     Opcode.NEG: np.negative,
@@ -197,13 +188,20 @@ def _exp(x64: np.ndarray, dtype: DType) -> np.ndarray:
     return np.exp(x64, out=np.zeros_like(x64), where=~below)
 
 
+_FLOAT_UNARY = {  # f(x in fp64, the result's type): rounded once to that type by `vxm_unary`
+    Opcode.EXP: _exp,
+    Opcode.RECIP: lambda x, _: 1.0 / x,
+    Opcode.RSQRT: lambda x, _: 1.0 / np.sqrt(x),
+    Opcode.TANH: lambda x, _: np.tanh(x),
+    Opcode.SIGMOID: lambda x, _: _sigmoid(x),
+    Opcode.SILU: lambda x, _: x * _sigmoid(x),
+}
+
+
 def vxm_unary(op: Opcode, x: np.ndarray, dtype: DType) -> np.ndarray:
-    if op is Opcode.EXP:
-        with np.errstate(all="ignore"):
-            return narrow(_exp(x.astype(np.float64), dtype), dtype)
     if op in _FLOAT_UNARY:
         with np.errstate(all="ignore"):
-            return narrow(_FLOAT_UNARY[op](x.astype(np.float64)), dtype)
+            return narrow(_FLOAT_UNARY[op](x.astype(np.float64), dtype), dtype)
     with np.errstate(all="ignore"):
         return narrow(_SIMPLE_UNARY[op](widen(x, dtype)), dtype)
 
