@@ -1,4 +1,5 @@
-"""The fast path's tensor access: views of the vectors a Ref names, in train order, read and written in place."""
+"""The fast path's tensor access (views of the vectors a Ref names, in train order, read and written in place) and
+its rows computed once where they copy one row."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import numpy as np
 import pytest
 
 from openlpu.compiler import fast
-from openlpu.compiler.chipgraph import Ref, Role, TensorDef
+from openlpu.compiler.chipgraph import ChipGraph, Matmul, Ref, Role, TensorDef, Vxm
 from openlpu.errors import InternalError
 from openlpu.hardware.geometry import Hemisphere
+from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType
+from openlpu.sim import numerics as nx
 
 LANES = fast.LANES
 T = TensorDef("t", DType.FP32, rows=6, cols=4 * LANES, hemisphere=Hemisphere.W, role=Role.ACT)
@@ -72,3 +75,82 @@ def test_a_train_cannot_write_one_vector_twice(ref):
     arr = np.zeros((T.rows, T.cols), np.float32)
     with pytest.raises(InternalError, match="twice"):
         fast.put(T, ref, arr, np.zeros((12, LANES), np.float32))
+
+
+def test_uniform_from_compares_bits_so_a_signed_zero_row_is_a_row_of_its_own():
+    arr = np.zeros((6, 3), np.float32)
+    arr[1] = 2.0
+    assert fast.uniform_from(arr) == 2
+    arr[3, 1] = -0.0  # equal to +0 as a value, not as bits
+    assert fast.uniform_from(arr) == 4
+    arr[5, 0] = np.nan
+    assert fast.uniform_from(arr) == 5  # the last row is always its own uniform run
+    assert fast.uniform_from(np.ones((4, 2), np.float16)) == 0
+
+
+def _attention_like_graph(rows: int) -> ChipGraph:
+    """A cache-shaped STATE tensor times a broadcast row, split hi + lo in fp16, summed by a matmul, then a
+    tree level over row pairs and a write into part of a tensor: the shapes of the decode step's attention."""
+    cols = 2 * LANES
+
+    def t(name: str, dtype: DType, n: int, role: Role = Role.ACT, c: int = cols) -> TensorDef:
+        return TensorDef(name, dtype, n, c, Hemisphere.W, role)
+
+    tensors = {d.name: d for d in (
+        t("kc", DType.FP32, rows, Role.STATE), t("q", DType.FP32, 1, Role.INPUT), t("prod", DType.FP32, rows),
+        t("hi", DType.FP16, rows), t("ones", DType.FP16, cols, Role.CONST), t("s", DType.FP32, rows),
+        t("pairs", DType.FP32, rows // 2), t("o", DType.FP32, rows), t("e", DType.FP32, rows))}
+    ops = (
+        Vxm(Opcode.MUL, DType.FP32, (Ref("kc"), Ref("q", rows=rows, step=0)), Ref("prod")),
+        Vxm(Opcode.CAST, DType.FP32, (Ref("prod"),), Ref("hi"), to=DType.FP16),
+        Matmul("hi", "ones", "s"),
+        Vxm(Opcode.ADD, DType.FP32, (Ref("s", rows=rows // 2, step=2), Ref("s", row0=1, rows=rows // 2, step=2)),
+            Ref("pairs")),
+        Vxm(Opcode.EXP, DType.FP32, (Ref("pairs"),), Ref("o", rows=rows // 2)),
+        Vxm(Opcode.NEG, DType.FP32, (Ref("o"),), Ref("e")),
+    )
+    return ChipGraph(0, range(0), tensors, ops, {})
+
+
+def _tile_of(w: np.ndarray):
+    """K tile kt of an fp16 weight as `fast.matmul` takes it (dense)."""
+
+    def tile(kt: int) -> tuple:
+        values = w[kt * LANES:(kt + 1) * LANES].astype(np.float64)
+        return values, nx.column_norms(values), None, nx.exact_below(values)
+
+    return tile
+
+
+def _run_every_row(graph: ChipGraph, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The graph's ops on every row (no uniform rows), straight from the numerics."""
+    env = {k: v.copy() for k, v in env.items()}
+    for op in graph.ops:
+        if isinstance(op, Matmul):
+            env[op.c] = fast.matmul(env[op.a], env[op.w], 8, _tile_of(env[op.w]))
+            continue
+        args = [fast.view(graph.tensors[r.name], r, env[r.name]) for r in op.ins]
+        fast.put(graph.tensors[op.out.name], op.out, env[op.out.name], fast.vxm(op, *args, *([None] * (2 - len(args)))))
+    return env
+
+
+@pytest.mark.parametrize("written", [0, 1, 5, 6, 15, 16])
+def test_rows_that_copy_one_row_are_computed_once_and_give_every_row_s_own_bits(written):
+    rows = 16
+    graph = _attention_like_graph(rows)
+    rng = np.random.default_rng(written)
+    kc = np.zeros((rows, 2 * LANES), np.float32)
+    kc[:, 600] = 1.0  # the unwritten rows' mask pattern
+    kc[:written] = rng.standard_normal((written, 2 * LANES)).astype(np.float32)
+    if written < rows:
+        kc[written, 7] = -0.0  # a row that differs from the pattern in the sign of a zero only
+    q = rng.standard_normal((1, 2 * LANES)).astype(np.float32)
+    q[0, 7] = -1.5
+    ones = np.zeros((2 * LANES, 2 * LANES), np.float16)
+    ones[:64, :64] = ones[600, :64] = 1
+    env = {name: np.zeros((d.rows, d.cols), d.dtype.numpy) for name, d in graph.tensors.items()}
+    env.update(kc=kc, q=q, ones=ones)
+    expect = _run_every_row(graph, env)
+    fast.run(graph, env, slots=8, tiles={})
+    for name in ("prod", "hi", "s", "pairs", "o", "e"):
+        assert env[name].tobytes() == expect[name].tobytes(), name

@@ -5,6 +5,12 @@ Each operation computes what its emitter's instructions compute, with the same f
 with passes folded in K order, RMSNorm as its kernel's fast path. Tensors are held as [rows, cols] arrays of
 their dtype — exactly what the SRAM holds, padding lanes included — so the fast path's results are bit-identical
 to the cycle-exact simulation (tests compare them), and its latency is the schedule's prediction.
+
+Rows that are copies of one row are computed once. Every elementwise op and every MXM pass computes each row from
+that row of its inputs alone, so where every input's rows from some row on are bit for bit one row — an unwritten
+KV-cache row (the cache's mask pattern, the same in every such row), a row read again for every row — the
+result's rows are too: the fast path computes up to the first of them and copies it on (`Uniform`). A decode
+step's attention then works on the written cache rows and one more, not all of them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from openlpu.compiler.chipgraph import (
     Receive,
     Ref,
     RmsNorm,
+    Role,
     Scatter,
     Send,
     TensorDef,
@@ -41,6 +48,10 @@ UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RE
          Opcode.SIGMOID, Opcode.SILU}
 Tiles = dict[tuple[str, int], tuple | np.ndarray]  # per weight K tile: fp16 (fp64 values, column norms, nonzero
 # blocks or None, exact_below), int8 fp32 values
+Uniform = dict[str, int]
+"""Per tensor: the row u from which on every row is bit for bit row u (absent: not known). Kept for one run: set
+by the ops that compute a whole tensor, found by a scan for a STATE tensor (the KV cache), dropped on any other
+write."""
 
 
 def view(t: TensorDef, ref: Ref, arr: np.ndarray, *, write: bool = False) -> np.ndarray:
@@ -161,34 +172,31 @@ def matmul_int8(a: np.ndarray, w: np.ndarray, tile: Callable[[int], np.ndarray])
 
 
 def _store(tensors: dict[str, TensorDef], env: dict[str, np.ndarray], ref: Ref, vectors: np.ndarray) -> None:
-    """Write a train's vectors into `ref` of its tensor (made afresh when another program on the chip used the
-    name for another shape)."""
-    t = tensors[ref.name]
-    held = env.get(ref.name)
-    if held is None or held.shape != (t.rows, t.cols) or held.dtype != t.dtype.numpy:
-        env[ref.name] = np.zeros((t.rows, t.cols), t.dtype.numpy)
-    put(t, ref, env[ref.name], vectors.astype(t.dtype.numpy, copy=False))
+    """Write a train's vectors into `ref` of its tensor."""
+    out = _out_view(tensors, env, ref)
+    out[...] = vectors.reshape(out.shape)
 
 
 def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tiles,
         received: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Run `graph` on `env` (every tensor by name, updated in place). Returns what the chip sends."""
-    tensors, sent = graph.tensors, []
+    tensors, sent, uniform = graph.tensors, [], {}
     for op in graph.ops:
+        found: set[str] = set()  # the written tensors whose uniform row this op set
         if isinstance(op, Vxm | Chain):  # a chain's steps in order: what flows on its streams is what they compute
             for step in op.steps if isinstance(op, Chain) else (op,):
-                args = [view(tensors[r.name], r, env[r.name]) for r in step.ins]
-                if len({a.shape for a in args}) > 1:  # trains of one length, cut into blocks differently
-                    args = [a.reshape(-1, LANES) for a in args]
-                _store(tensors, env, step.out, vxm(step, args[0], args[1] if len(args) > 1 else None))
+                _vxm_step(step, tensors, env, uniform)
+                found.add(step.out.name)
         elif isinstance(op, LaneMix):
             terms = [(r, take(tensors[m.name], m, env[m.name])) for r, m in op.terms]
             _store(tensors, env, op.out, fast_lane_mix(take(tensors[op.x.name], op.x, env[op.x.name]), terms))
         elif isinstance(op, Matmul):
-            env[op.c] = _matmul(op, tensors, env, slots, tiles)
+            _matmul_rows(op, tensors, env, slots, tiles, uniform)
+            found.add(op.c)
         elif isinstance(op, Pair):  # side by side on the chip; independent, so in either order here
             for m in (op.west, op.east):
-                env[m.c] = _matmul(m, tensors, env, slots, tiles)
+                _matmul_rows(m, tensors, env, slots, tiles, uniform)
+                found.add(m.c)
         elif isinstance(op, RmsNorm):
             env[op.y] = fast_rmsnorm(env[op.x], env[op.w], op.n, op.eps, LANES)
         elif isinstance(op, TokenScale):
@@ -199,19 +207,105 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
             dst = env[op.dst]
             for j, vec in enumerate(src):
                 dst[position, j * LANES:(j + 1) * LANES] = vec
+            _written(tensors[op.dst], Ref(op.dst, row0=position, rows=1), uniform, None)
+            found.add(op.dst)
         elif isinstance(op, Send):
             sent.append(env[op.src].copy())
         elif isinstance(op, Receive):
             env[op.dst] = (received or []).pop(0)
         else:
             raise InternalError(f"no fast path for {op!r}")
+        for name in op.writes():
+            if name not in found:
+                uniform.pop(name, None)
     return sent
 
 
+def _vxm_step(step: Vxm, tensors: dict[str, TensorDef], env: dict[str, np.ndarray], uniform: Uniform) -> None:
+    """One VXM op on its trains: on the rows up to the first of the uniform rows all its inputs share (that row
+    copied on), when there are such rows and the output's vectors line up with the inputs'."""
+    args = [view(tensors[r.name], r, env[r.name]) for r in step.ins]
+    if len({a.shape for a in args}) > 1:  # trains of one length, cut into blocks differently
+        args = [a.reshape(-1, LANES) for a in args]
+        _store(tensors, env, step.out, vxm(step, args[0], args[1] if len(args) > 1 else None))
+        _written(tensors[step.out.name], step.out, uniform, None)
+        return
+    rows = args[0].shape[1]
+    u = max(_uniform_in(tensors[r.name], r, rows, env, uniform) for r in step.ins)
+    out = _out_view(tensors, env, step.out)
+    if u >= rows - 1 or out.shape != args[0].shape:
+        out[...] = vxm(step, args[0], args[1] if len(args) > 1 else None).reshape(out.shape)
+        _written(tensors[step.out.name], step.out, uniform, None)
+        return
+    part = vxm(step, args[0][:, :u + 1], args[1][:, :u + 1] if len(args) > 1 else None)
+    out[:, :u + 1] = part
+    out[:, u + 1:] = part[:, u:u + 1]
+    _written(tensors[step.out.name], step.out, uniform, u)
+
+
+def _written(t: TensorDef, ref: Ref, uniform: Uniform, u: int | None) -> None:
+    """Note a write of `ref`'s vectors, whose rows are uniform from u on (None: not known): a whole tensor takes
+    u; a part leaves the tensor's uniform rows after the last row it writes."""
+    if ref.row0 == 0 and ref.step == 1 and ref.rows in (None, t.rows) and ref.block0 == 0 and \
+            ref.blocks in (None, t.blocks) and ref.block_step == 1:
+        if u is None:
+            uniform.pop(ref.name, None)
+        else:
+            uniform[ref.name] = u
+    elif ref.name in uniform:
+        last = ref.row0 + ((t.rows if ref.rows is None else ref.rows) - 1) * ref.step
+        uniform[ref.name] = max(uniform[ref.name], last + 1)
+
+
+def _uniform_in(t: TensorDef, ref: Ref, rows: int, env: dict[str, np.ndarray], uniform: Uniform) -> int:
+    """The first of the `rows` rows `ref` carries from which on they are all one row (`rows`: none is)."""
+    if ref.step == 0:
+        return 0
+    if ref.name not in uniform and t.role is Role.STATE:
+        uniform[ref.name] = uniform_from(env[ref.name])
+    if ref.name not in uniform:
+        return rows
+    return min(rows, max(0, -(-(uniform[ref.name] - ref.row0) // ref.step)))
+
+
+def uniform_from(arr: np.ndarray) -> int:
+    """The first row of arr [rows, cols] from which on every row is bit for bit the last one."""
+    bits = arr.view(f"u{arr.itemsize}")  # bits, not values: -0 and +0 are one value, not one row
+    differs = np.flatnonzero(~(bits == bits[-1]).all(axis=1))
+    return int(differs[-1]) + 1 if len(differs) else 0
+
+
+def _out_view(tensors: dict[str, TensorDef], env: dict[str, np.ndarray], ref: Ref) -> np.ndarray:
+    """The vectors `ref` names, to write (its tensor made afresh when another program on the chip used the name
+    for another shape)."""
+    t = tensors[ref.name]
+    held = env.get(ref.name)
+    if held is None or held.shape != (t.rows, t.cols) or held.dtype != t.dtype.numpy:
+        env[ref.name] = np.zeros((t.rows, t.cols), t.dtype.numpy)
+    return view(t, ref, env[ref.name], write=True)
+
+
+def _matmul_rows(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray], slots: int,
+                 tiles: Tiles, uniform: Uniform) -> None:
+    """`_matmul` into env, on the rows of `a` up to its uniform row (that row's product copied on)."""
+    rows = env[op.a].shape[0]
+    u = uniform.get(op.a, rows)
+    if u >= rows - 1:
+        env[op.c] = _matmul(op, tensors, env, slots, tiles)
+        return
+    part = _matmul(op, tensors, env, slots, tiles, rows=u + 1)
+    c = np.empty((rows, part.shape[1]), part.dtype)
+    c[:u + 1] = part
+    c[u + 1:] = part[u]
+    env[op.c] = c
+    uniform[op.c] = u
+
+
 def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray], slots: int,
-            tiles: Tiles) -> np.ndarray:
-    """One matmul's product, its weight's K tiles prepared once per session (`tiles`)."""
-    w = env[op.w]
+            tiles: Tiles, rows: int | None = None) -> np.ndarray:
+    """One matmul's product (of `a`'s first `rows` rows, all by default), its weight's K tiles prepared once per
+    session (`tiles`)."""
+    w, a = env[op.w], env[op.a][:rows]
     if tensors[op.w].dtype is DType.INT8:
 
         def tile8(kt: int) -> np.ndarray:
@@ -221,7 +315,7 @@ def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray
                 tiles[key] = w[kt * LANES:(kt + 1) * LANES].astype(np.float32)
             return tiles[key]
 
-        return matmul_int8(env[op.a], w, tile8)
+        return matmul_int8(a, w, tile8)
 
     def tile(kt: int) -> tuple:
         """K tile kt of the fp16 weight as the pass wants it."""
@@ -231,4 +325,4 @@ def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray
             tiles[key] = (values, nx.column_norms(values), nonzero_blocks(values), nx.exact_below(values))
         return tiles[key]
 
-    return matmul(env[op.a], w, slots, tile, op.skip)
+    return matmul(a, w, slots, tile, op.skip)
