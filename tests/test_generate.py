@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 import sys
 import types
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from openlpu.errors import ConfigError
 from openlpu.hardware import load_chip
 from openlpu.hardware.chip import Chip
 from openlpu.runtime.generate import (
+    PREFILL_PROGRAM,
+    PREFILL_STEPS,
     STOP_END_OF_TURN,
     STOP_MAX_TOKENS,
     Generation,
@@ -63,6 +66,8 @@ class FakeCompiled:
         ChipReport(1, range(15, 30), 190_000_000, CHIP.sram_bytes, "blk.15-29, output"),
     )
     cycles_per_step: int = BASE_CYCLES
+    prefill_prompt: int | None = None  # the prompt length a prefill program was compiled for
+    prefill_cycles: int = 7 * BASE_CYCLES
 
     def summary_lines(self) -> list[str]:
         return ["2 chips"]
@@ -92,8 +97,15 @@ class FakeSession:
             logits[self.script[k]] = 10.0
         return FakeStep(logits, BASE_CYCLES + position)
 
+    def has_prefill(self, prompt: int) -> bool:
+        return self.compiled.prefill_prompt == prompt
+
     def prefill(self, token_ids: Sequence[int]) -> FakeStep:
-        """Token by token, as a session without a prefill program for this length does."""
+        """The compiled prefill program's cycles when there is one for this length; else token by token, as the
+        session does."""
+        if self.has_prefill(len(token_ids)):
+            last = self.step(token_ids[-1], len(token_ids) - 1)
+            return FakeStep(last.logits, self.compiled.prefill_cycles)
         steps = [self.step(t, p) for p, t in enumerate(token_ids)]
         return FakeStep(steps[-1].logits, sum(s.cycles for s in steps))
 
@@ -259,16 +271,17 @@ def test_latency_figures() -> None:
     assert g.tokens_per_second == pytest.approx(1 / g.token_latency_seconds)
 
 
-def test_one_token_costs_a_mean_prompt_step() -> None:
+def test_one_token_reports_the_decode_program_s_cycles() -> None:
     g, _, _ = run(TOK.encode("abcd"), max_tokens=1)
-    p = len(PROMPT_IDS)
     assert g.decode_cycles == ()
-    assert g.cycles_per_token == g.prefill_cycles / p == BASE_CYCLES + (p - 1) / 2
+    assert g.cycles_per_token == g.step_cycles == FakeCompiled.cycles_per_step  # not the prompt's mean step
+    assert g.prefill == PREFILL_STEPS and g.prefill_cycles == sum(BASE_CYCLES + i for i in range(len(PROMPT_IDS)))
 
 
 def test_even_cycles_stay_integers() -> None:
-    g = Generation(text="", token_ids=(5, 6, 7), prompt_ids=(1,), prefill_cycles=10, decode_cycles=(900, 900),
-                   clock_hz=900_000_000, wall_seconds=0.0, stop=STOP_MAX_TOKENS)
+    g = Generation(text="", token_ids=(5, 6, 7), prompt_ids=(1,), prefill_cycles=10, prefill=PREFILL_PROGRAM,
+                   decode_cycles=(900, 900), step_cycles=900, clock_hz=900_000_000, wall_seconds=0.0,
+                   stop=STOP_MAX_TOKENS)
     assert g.cycles_per_token == 900 and isinstance(g.cycles_per_token, int)
     assert g.tokens_per_second == 1_000_000.0
 
@@ -303,7 +316,7 @@ def test_summary_is_plain_json() -> None:
     expected = {
         "text": str, "token_ids": list, "prompt_tokens": int, "generated_tokens": int, "stop": str, "chip": str,
         "chips": int, "chip_reports": list, "layers": int, "dtype": str, "numerics": str, "fidelity": str,
-        "context": int, "clock_hz": int, "prefill_cycles": int, "cycles_per_token": (int, float),
+        "context": int, "clock_hz": int, "prefill": str, "prefill_cycles": int, "cycles_per_token": (int, float),
         "ttft_seconds": float, "token_latency_seconds": float, "tokens_per_second": float, "wall_seconds": float,
     }
     assert set(s) == set(expected)
@@ -356,7 +369,7 @@ def backend(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
                       prompt: int | None = None, programs: bool = True):
         seen["compile"] = {"model": model, "chip": chip.name, "dtype": dtype, "context": context,
                            "n_layers": n_layers, "prompt": prompt}
-        return FakeCompiled(chip=chip, dtype=dtype, context=context, n_layers=n_layers or 30)
+        return FakeCompiled(chip=chip, dtype=dtype, context=context, n_layers=n_layers or 30, prefill_prompt=prompt)
 
     def open_session(compiled: Any, fidelity: FakeFidelity) -> FakeSession:
         seen["fidelity"] = fidelity
@@ -390,6 +403,24 @@ def test_cli_streams_then_tabulates(backend: dict[str, Any]) -> None:
     assert backend["fidelity"] is FakeFidelity.FAST and backend["tokenizer_path"] == refs.model_path()
 
 
+def test_cli_prefill_program_or_steps(backend: dict[str, Any]) -> None:
+    result = invoke("--json")
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert backend["compile"]["prompt"] == s["prompt_tokens"] == 36
+    assert (s["prefill"], s["prefill_cycles"]) == (PREFILL_PROGRAM, 7 * BASE_CYCLES)
+    result = invoke("--json", "--prefill", "steps")
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert backend["compile"]["prompt"] is None  # no prefill program compiled
+    assert (s["prefill"], s["prefill_cycles"]) == (PREFILL_STEPS, sum(BASE_CYCLES + i for i in range(36)))
+    assert s["cycles_per_token"] == BASE_CYCLES + 36 + (s["generated_tokens"] - 2) / 2  # the decode steps' mean
+    table_text = lambda out: re.sub(r"[\s│]+", " ", out)  # the table's cells, unwrapped
+    assert "36 prompt tokens at 900 MHz, token by token through the decode program)" in table_text(
+        invoke("--prefill", "steps").stdout)
+    assert "36 prompt tokens at 900 MHz, the prefill program)" in table_text(invoke().stdout)
+
+
 def test_cli_json_is_one_object(backend: dict[str, Any]) -> None:
     backend["prompt"] = "Hello"
     result = invoke("Hello", "--json", "--max-tokens", "100", "--dtype", "int8", "--layers", "2",
@@ -413,6 +444,7 @@ def test_cli_context_too_small(backend: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--fidelity", "exact"), "--fidelity 'exact': choose one of fast, cycle"),
+    (("--prefill", "bucket"), "--prefill 'bucket': choose one of program, steps"),
     (("--top-p", "0"), "top-p 0.0 is out of range: it is the probability mass kept, > 0 and <= 1; pass --top-p 1 "
                        "to keep every token or a value such as 0.9"),
 ])

@@ -28,7 +28,16 @@ from openlpu.frontends.tokenizer import Tokenizer
 from openlpu.hardware.chip import Chip, load_chip, preset_names
 from openlpu.isa.asm import load_program
 from openlpu.isa.program import Program
-from openlpu.runtime.generate import check_fits, check_sampling, default_context, encode_prompt, generate, summary
+from openlpu.runtime.generate import (
+    PREFILL_PROGRAM,
+    PREFILL_STEPS,
+    check_fits,
+    check_sampling,
+    default_context,
+    encode_prompt,
+    generate,
+    summary,
+)
 from openlpu.sim.engine import Result, simulate, verify
 
 DEFAULT_CHIP = "groqchip1"
@@ -395,6 +404,13 @@ def generate_command(
         typer.Option("--layers", metavar="N", help="Debugging aid: compile only the first N layers "
                      "(quick runs; the text is then meaningless)."),
     ] = None,
+    prefill: Annotated[
+        str,
+        typer.Option("--prefill", metavar="program|steps",
+                     help="How the prompt runs: a prefill program compiled for its length (minutes the first time "
+                          "per length, cached), or steps: token by token through the decode program (nothing more "
+                          "to compile; a longer time to first token)."),
+    ] = PREFILL_PROGRAM,
     as_json: JsonOption = False,
 ) -> None:
     """Generate text on the simulated chips: stream the reply, then chips, cycles per token and simulated latency."""
@@ -405,13 +421,16 @@ def generate_command(
     check_sampling(temperature=temperature, top_p=top_p)
     if fidelity not in {f.value for f in Fidelity}:
         raise ConfigError(f"--fidelity {fidelity!r}: choose one of {', '.join(f.value for f in Fidelity)}")
+    if prefill not in (PREFILL_PROGRAM, PREFILL_STEPS):
+        raise ConfigError(f"--prefill {prefill!r}: choose one of {PREFILL_PROGRAM}, {PREFILL_STEPS}")
     model_path = model or default_model_path()
     tokenizer = Tokenizer.from_gguf(model_path)
     prompt_tokens = len(encode_prompt(tokenizer, prompt))
     context = default_context(prompt_tokens, max_tokens) if context is None else context
     check_fits(prompt_tokens, max_tokens, context)
     compiled = compile_model(model_path, load_chip(chip or DEFAULT_CHIP), dtype=dtype, context=context,
-                             n_layers=layers, prompt=prompt_tokens, programs=fidelity == Fidelity.CYCLE.value)
+                             n_layers=layers, prompt=prompt_tokens if prefill == PREFILL_PROGRAM else None,
+                             programs=fidelity == Fidelity.CYCLE.value)
     session = open_session(compiled, Fidelity(fidelity))
     g = generate(session, tokenizer, prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                  seed=seed, on_text=None if as_json else lambda text: typer.echo(text, nl=False))
@@ -447,7 +466,9 @@ def _print_generation(s: dict[str, Any]) -> None:
     cpt = s["cycles_per_token"]
     figures = {
         "cycles per token": f"{cpt:,}" if isinstance(cpt, int) else f"{cpt:,.1f}",
-        "time to first token": f"{_seconds(s['ttft_seconds'])} ({s['prompt_tokens']} prompt tokens at {clock})",
+        "time to first token": f"{_seconds(s['ttft_seconds'])} ({s['prompt_tokens']} prompt tokens at {clock}, "
+                               + ("the prefill program)" if s["prefill"] == PREFILL_PROGRAM else
+                                  "token by token through the decode program)"),
         "per-token latency": f"{_seconds(s['token_latency_seconds'])} at {clock}",
         "tokens/s per user": f"{s['tokens_per_second']:,.1f}",
         "tokens": f"{s['prompt_tokens']} prompt, {s['generated_tokens']} generated (stopped at {s['stop']})",

@@ -1,9 +1,10 @@
 """Text generation on a compiled model: sampling, the prompt-then-decode loop, streamed text, and the chip's latency.
 
-Prefill runs the prompt token by token through the decode program (positions 0..P-1); the logits of the last
-prompt step give the first new token, and each further token costs one decode step. So the time to first token is
-the sum of the prompt's step cycles at the chip's clock, and the per-token latency is the mean cycles of a decode
-step. Cycles are exact integers from the session; seconds and rates are derived only when reported.
+The prompt (positions 0..P-1) runs as the prefill program compiled for its length when the model has one
+(`PREFILL_PROGRAM`), else token by token through the decode program (`PREFILL_STEPS`); its last logits give the
+first new token, and each further token costs one decode step. So the time to first token is the prompt's cycles
+at the chip's clock, and the per-token latency is the mean cycles of a decode step. Cycles are exact integers from
+the session; seconds and rates are derived only when reported.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ NUMERICS = {
 
 STOP_END_OF_TURN = "end of turn"
 STOP_MAX_TOKENS = "max tokens"
+
+PREFILL_PROGRAM = "program"
+"""The prompt ran as the prefill program compiled for its length."""
+PREFILL_STEPS = "steps"
+"""The prompt ran token by token through the decode program (no prefill program for its length)."""
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -162,28 +168,31 @@ class TextStream:
 class Generation:
     """One generation: the text, the token ids, and the exact chip cycles of every step.
 
-    `prefill_cycles` sums the prompt's steps (the last of which yields the first new token); `decode_cycles` has
-    one entry per further token (one fewer than `token_ids`). `stop` says why it ended (`STOP_END_OF_TURN`, with
-    the stop token last in `token_ids`, or `STOP_MAX_TOKENS`). `wall_seconds` is host time, not chip time.
+    `prefill_cycles` are the prompt's (which yields the first new token), run as `prefill` says
+    (`PREFILL_PROGRAM` or `PREFILL_STEPS`); `decode_cycles` has one entry per further token (one fewer than
+    `token_ids`); `step_cycles` are the decode program's, the schedule's figure. `stop` says why it ended
+    (`STOP_END_OF_TURN`, with the stop token last in `token_ids`, or `STOP_MAX_TOKENS`). `wall_seconds` is host
+    time, not chip time.
     """
 
     text: str
     token_ids: tuple[int, ...]
     prompt_ids: tuple[int, ...]
     prefill_cycles: int
+    prefill: str
     decode_cycles: tuple[int, ...]
+    step_cycles: int
     clock_hz: int
     wall_seconds: float
     stop: str
 
     @property
     def cycles_per_token(self) -> int | float:
-        """Mean cycles of a decode step (exact int when they divide evenly); the mean prompt step if only one
-        token was generated, since prefill runs the same decode program."""
-        if self.decode_cycles:
-            total, n = sum(self.decode_cycles), len(self.decode_cycles)
-        else:
-            total, n = self.prefill_cycles, len(self.prompt_ids)
+        """Mean cycles of the decode steps run (exact int when they divide evenly); the decode program's
+        `step_cycles` if only one token was generated (no decode step ran)."""
+        if not self.decode_cycles:
+            return self.step_cycles
+        total, n = sum(self.decode_cycles), len(self.decode_cycles)
         q, r = divmod(total, n)
         return q if r == 0 else total / n
 
@@ -203,10 +212,12 @@ class Generation:
         return self.clock_hz / self.cycles_per_token
 
 
-def _prefill(session: Session, prompt_ids: Sequence[int]) -> tuple[Any, int]:
-    """Run the prompt (the prefill program, or the decode step token by token); the last logits and the cycles."""
+def _prefill(session: Session, prompt_ids: Sequence[int]) -> tuple[Any, int, str]:
+    """Run the prompt (the prefill program, or the decode step token by token); the last logits, the cycles and
+    which of the two ran."""
+    how = PREFILL_PROGRAM if session.has_prefill(len(prompt_ids)) else PREFILL_STEPS
     step = session.prefill(prompt_ids)
-    return step, step.cycles
+    return step, step.cycles, how
 
 
 def generate(
@@ -232,7 +243,7 @@ def generate(
     emit = on_text or (lambda _: None)
     stops, stream, rng = stop_ids(tokenizer), TextStream(tokenizer), np.random.default_rng(seed)
     start = time.perf_counter()
-    step, prefill_cycles = _prefill(session, prompt_ids)
+    step, prefill_cycles, prefill = _prefill(session, prompt_ids)
     out: list[int] = []
     decode_cycles: list[int] = []
     pieces: list[str] = []
@@ -255,7 +266,8 @@ def generate(
         emit(piece)
     return Generation(
         text="".join(pieces), token_ids=tuple(out), prompt_ids=tuple(prompt_ids), prefill_cycles=prefill_cycles,
-        decode_cycles=tuple(decode_cycles), clock_hz=session.compiled.chip.clock_hz,
+        prefill=prefill, decode_cycles=tuple(decode_cycles), step_cycles=session.compiled.cycles_per_step,
+        clock_hz=session.compiled.chip.clock_hz,
         wall_seconds=time.perf_counter() - start, stop=stop,
     )
 
@@ -281,6 +293,7 @@ def summary(gen: Generation, compiled: CompiledModel, fidelity: Fidelity) -> dic
         "fidelity": fidelity.value,
         "context": compiled.context,
         "clock_hz": gen.clock_hz,
+        "prefill": gen.prefill,
         "prefill_cycles": gen.prefill_cycles,
         "cycles_per_token": gen.cycles_per_token,
         "ttft_seconds": gen.ttft_seconds,

@@ -76,11 +76,15 @@ class Session:
         outputs = self._run(c.graphs, c.scheduled, c.cycles_per_step, self.inputs(token_id, position))
         return StepResult(self._logits(outputs), c.cycles_per_step)
 
+    def has_prefill(self, prompt: int) -> bool:
+        """Whether the model holds a prefill program for a prompt of `prompt` tokens."""
+        return self.compiled.prefill is not None and self.compiled.prefill.prompt == prompt
+
     def prefill(self, token_ids: Sequence[int]) -> StepResult:
         """The prompt at positions 0..P-1, from an empty cache: the compiled prefill program when there is one for
         P tokens, else the decode step once per token. The last token's logits, and the cycles of it all."""
         c, prompt = self.compiled, len(token_ids)
-        if c.prefill is None or c.prefill.prompt != prompt:
+        if not self.has_prefill(prompt):
             cycles = 0
             for position, token in enumerate(token_ids):
                 step = self.step(token, position)
