@@ -89,8 +89,8 @@ def test_uniform_from_compares_bits_so_a_signed_zero_row_is_a_row_of_its_own():
 
 
 def _attention_like_graph(rows: int) -> ChipGraph:
-    """A cache-shaped STATE tensor times a broadcast row, split hi + lo in fp16, summed by a matmul, then a
-    tree level over row pairs and a write into part of a tensor: the shapes of the decode step's attention."""
+    """A cache-shaped STATE tensor times a broadcast row, cast to fp16, summed by a matmul, then a tree level
+    over row pairs and a write into part of a whole tensor: the shapes of the decode step's attention."""
     cols = 2 * LANES
 
     def t(name: str, dtype: DType, n: int, role: Role = Role.ACT, c: int = cols) -> TensorDef:
@@ -106,7 +106,8 @@ def _attention_like_graph(rows: int) -> ChipGraph:
         Matmul("hi", "ones", "s"),
         Vxm(Opcode.ADD, DType.FP32, (Ref("s", rows=rows // 2, step=2), Ref("s", row0=1, rows=rows // 2, step=2)),
             Ref("pairs")),
-        Vxm(Opcode.EXP, DType.FP32, (Ref("pairs"),), Ref("o", rows=rows // 2)),
+        Vxm(Opcode.COPY, DType.FP32, (Ref("s"),), Ref("o")),
+        Vxm(Opcode.EXP, DType.FP32, (Ref("pairs"),), Ref("o", rows=rows // 2)),  # its uniform rows move on
         Vxm(Opcode.NEG, DType.FP32, (Ref("o"),), Ref("e")),
     )
     return ChipGraph(0, range(0), tensors, ops, {})

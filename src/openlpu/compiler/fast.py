@@ -50,8 +50,8 @@ Tiles = dict[tuple[str, int], tuple | np.ndarray]  # per weight K tile: fp16 (fp
 # blocks or None, exact_below), int8 fp32 values
 Uniform = dict[str, int]
 """Per tensor: the row u from which on every row is bit for bit row u (absent: not known). Kept for one run: set
-by the ops that compute a whole tensor, found by a scan for a STATE tensor (the KV cache), dropped on any other
-write."""
+by the ops that compute a whole tensor, found by a scan for a STATE tensor (the KV cache), moved past the last row
+a write of part of the tensor touches, dropped on any other write."""
 
 
 def view(t: TensorDef, ref: Ref, arr: np.ndarray, *, write: bool = False) -> np.ndarray:
