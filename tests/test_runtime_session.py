@@ -70,7 +70,9 @@ def test_prefill_program_is_bit_identical_to_its_cycle_exact_run_and_to_decoding
 
 def test_a_prompt_of_another_length_runs_token_by_token():
     c = compiled(2, 16, None, 3)
-    result = open_session(c).prefill(PROMPT_IDS[:4])
+    session = open_session(c)
+    assert session.has_prefill(3) and not session.has_prefill(4)
+    result = session.prefill(PROMPT_IDS[:4])
     assert result.cycles == 4 * c.cycles_per_step
 
 
