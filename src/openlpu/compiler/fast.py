@@ -173,8 +173,7 @@ def matmul_int8(a: np.ndarray, w: np.ndarray, tile: Callable[[int], np.ndarray])
 
 def _store(tensors: dict[str, TensorDef], env: dict[str, np.ndarray], ref: Ref, vectors: np.ndarray) -> None:
     """Write a train's vectors into `ref` of its tensor."""
-    out = _out_view(tensors, env, ref)
-    out[...] = vectors.reshape(out.shape)
+    put(tensors[ref.name], ref, _held(tensors, env, ref.name), vectors)
 
 
 def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tiles,
@@ -225,22 +224,23 @@ def _vxm_step(step: Vxm, tensors: dict[str, TensorDef], env: dict[str, np.ndarra
     """One VXM op on its trains: on the rows up to the first of the uniform rows all its inputs share (that row
     copied on), when there are such rows and the output's vectors line up with the inputs'."""
     args = [view(tensors[r.name], r, env[r.name]) for r in step.ins]
-    if len({a.shape for a in args}) > 1:  # trains of one length, cut into blocks differently
-        args = [a.reshape(-1, LANES) for a in args]
-        _store(tensors, env, step.out, vxm(step, args[0], args[1] if len(args) > 1 else None))
-        _written(tensors[step.out.name], step.out, uniform, None)
-        return
+    out = view(tensors[step.out.name], step.out, _held(tensors, env, step.out.name), write=True)
     rows = args[0].shape[1]
-    u = max(_uniform_in(tensors[r.name], r, rows, env, uniform) for r in step.ins)
-    out = _out_view(tensors, env, step.out)
-    if u >= rows - 1 or out.shape != args[0].shape:
-        out[...] = vxm(step, args[0], args[1] if len(args) > 1 else None).reshape(out.shape)
+    aligned = all(a.shape == out.shape for a in args)  # else trains of one length, cut into blocks differently
+    u = max(_uniform_in(tensors[r.name], r, rows, env, uniform) for r in step.ins) if aligned else rows
+    if u >= rows - 1:
+        out[...] = _apply(step, [a.reshape(-1, LANES) for a in args] if not aligned else args).reshape(out.shape)
         _written(tensors[step.out.name], step.out, uniform, None)
         return
-    part = vxm(step, args[0][:, :u + 1], args[1][:, :u + 1] if len(args) > 1 else None)
+    part = _apply(step, [a[:, :u + 1] for a in args])
     out[:, :u + 1] = part
     out[:, u + 1:] = part[:, u:u + 1]
     _written(tensors[step.out.name], step.out, uniform, u)
+
+
+def _apply(step: Vxm, args: list[np.ndarray]) -> np.ndarray:
+    """`vxm` of the step on its one or two input arrays."""
+    return vxm(step, args[0], args[1] if len(args) > 1 else None)
 
 
 def _written(t: TensorDef, ref: Ref, uniform: Uniform, u: int | None) -> None:
@@ -275,14 +275,14 @@ def uniform_from(arr: np.ndarray) -> int:
     return int(differs[-1]) + 1 if len(differs) else 0
 
 
-def _out_view(tensors: dict[str, TensorDef], env: dict[str, np.ndarray], ref: Ref) -> np.ndarray:
-    """The vectors `ref` names, to write (its tensor made afresh when another program on the chip used the name
-    for another shape)."""
-    t = tensors[ref.name]
-    held = env.get(ref.name)
+def _held(tensors: dict[str, TensorDef], env: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The array holding tensor `name` (made afresh when another program on the chip used the name for another
+    shape)."""
+    t = tensors[name]
+    held = env.get(name)
     if held is None or held.shape != (t.rows, t.cols) or held.dtype != t.dtype.numpy:
-        env[ref.name] = np.zeros((t.rows, t.cols), t.dtype.numpy)
-    return view(t, ref, env[ref.name], write=True)
+        env[name] = held = np.zeros((t.rows, t.cols), t.dtype.numpy)
+    return held
 
 
 def _matmul_rows(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray], slots: int,
