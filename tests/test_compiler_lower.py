@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from frontend_refs import our_model
 
-from openlpu.compiler.chipgraph import Chain, Pair, Receive, Role, Send, Vxm
+from openlpu.compiler import fast
+from openlpu.compiler.chipgraph import Chain, ChipGraph, Pair, Receive, Role, Send, Vxm
 from openlpu.compiler.lower import (
     MASK_LANE,
     Dims,
+    _Graph,
     check_model,
     fuse_runs,
     head_columns,
@@ -107,9 +109,9 @@ def test_step_inputs_carry_rope_rows_with_the_query_scale_and_the_position():
     assert (rows["pos_w"] == 5).all() and rows["pos_w"].dtype == np.int16
 
 
-@pytest.mark.parametrize("context", [0, 3, 100, 16384])
-def test_contexts_the_attention_trees_cannot_halve_are_refused(context):
-    with pytest.raises(ConfigError, match="power of two"):
+@pytest.mark.parametrize("context", [0, 3, 101, 16384])
+def test_contexts_the_scores_cannot_pair_are_refused(context):
+    with pytest.raises(ConfigError, match="an even number from 2 to 8192"):
         check_model(our_model(1).config, context)
 
 
@@ -169,6 +171,25 @@ def test_the_attention_streams_its_dependent_steps_through_the_alu_ranks():
     assert len(levels) == 4  # log2(16) rows
     assert all(graph.tensors[a.out.name].hemisphere is not graph.tensors[b.out.name].hemisphere
                for a, b in (c.steps for c in levels))
+
+
+@pytest.mark.parametrize("rows", [5, 6, 7])
+def test_a_tree_level_of_odd_rows_carries_the_last_row_as_padding_would(rows):
+    g = _Graph()
+    x = g.tensor("x", DType.FP32, rows, 320, Hemisphere.W, Role.ACT, interleave=2)
+    data = np.random.default_rng(rows).standard_normal((rows, 320)).astype(np.float32)
+    env = {"x": data.copy()}
+    (total,) = g.trees(Opcode.ADD, [x], ["sum"])
+    graph = ChipGraph(0, range(1), dict(g.tensors), tuple(g.ops), {})
+    fast.run(graph, env, slots=8, tiles={})
+    copies = [op for op in g.ops if isinstance(op, Vxm) and op.op is Opcode.COPY]
+    assert len(copies) == {5: 2, 6: 1, 7: 1}[rows]  # the odd levels: 5 and 3 of 5, 3 of 6 and 7 of 7
+    padded = np.zeros((8, 320), np.float32)  # the pairs of a power-of-two tree over zero rows after the last
+    padded[:rows] = data
+    while len(padded) > 1:
+        padded = padded[0::2] + padded[1::2]
+    assert g.shape(total) == (1, 1)
+    assert np.array_equal(env[total.name].view(np.uint32), padded.view(np.uint32))
 
 
 def test_runs_of_vxm_operations_whose_results_nothing_else_reads_become_chains():

@@ -292,7 +292,7 @@ def test_context_check() -> None:
         run(TOK.encode("abcdef"), max_tokens=5, context=p + 4)
     assert str(err.value) == (
         f"the prompt ({p} tokens) and --max-tokens 5 need {p + 5} positions, but the model was compiled for a "
-        f"context of {p + 4}; pass --context {1 << (p + 4).bit_length()} (a power of two) or more, or fewer "
+        f"context of {p + 4}; pass --context {p + 5 + (p + 5) % 2} or more (an even number), or fewer "
         "--max-tokens"
     )
     g, _, _ = run(TOK.encode("abcdef"), max_tokens=5, context=p + 5)
@@ -305,8 +305,8 @@ def test_max_tokens_must_be_positive() -> None:
     assert str(err.value) == "--max-tokens 0: generate at least 1 token"
 
 
-def test_default_context_rounds_up_to_64() -> None:
-    assert [default_context(p, n) for p, n in ((36, 64), (1, 63), (1, 64), (0, 1))] == [128, 64, 128, 64]
+def test_default_context_rounds_up_to_32() -> None:
+    assert [default_context(p, n) for p, n in ((36, 32), (36, 28), (1, 63), (1, 64), (0, 1))] == [96, 64, 64, 96, 32]
 
 
 def test_summary_is_plain_json() -> None:
@@ -399,7 +399,7 @@ def test_cli_streams_then_tabulates(backend: dict[str, Any]) -> None:
                  "fast", "wall time", "900 MHz"):
         assert text in result.stdout, text
     assert backend["compile"] == {"model": refs.model_path(), "chip": "groqchip1", "dtype": "fp16",
-                                  "context": 128, "n_layers": None, "prompt": 36}  # 36 + 32 new tokens -> 128
+                                  "context": 96, "n_layers": None, "prompt": 36}  # 36 + 32 new tokens -> 96
     assert backend["fidelity"] is FakeFidelity.FAST and backend["tokenizer_path"] == refs.model_path()
 
 
@@ -437,7 +437,7 @@ def test_cli_context_too_small(backend: dict[str, Any]) -> None:
     assert result.exit_code == 2, result.output
     assert result.stderr == (
         "error: the prompt (36 tokens) and --max-tokens 32 need 68 positions, but the model was compiled for a "
-        "context of 40; pass --context 128 (a power of two) or more, or fewer --max-tokens\n"
+        "context of 40; pass --context 68 or more (an even number), or fewer --max-tokens\n"
     )
     assert "compile" not in backend
 

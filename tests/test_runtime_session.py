@@ -49,6 +49,16 @@ def test_fast_path_is_bit_identical_to_the_cycle_exact_run(chips, dtype):
             assert np.array_equal(env_fast[name].view(np.uint32), env_cycle[name].view(np.uint32)), name
 
 
+def test_a_context_of_no_power_of_two_is_cycle_exact_and_computes_what_a_padded_one_does():
+    c, padded = compiled(2, 10), compiled(2, 16)  # 10 rows: 5 and 3 are odd tree levels
+    fast, cycle, wide = open_session(c, Fidelity.FAST), open_session(c, Fidelity.CYCLE), open_session(padded)
+    for position, token in enumerate(PROMPT_IDS[:3]):
+        a, b, p = fast.step(token, position), cycle.step(token, position), wide.step(token, position)
+        assert np.array_equal(_bits(a.logits), _bits(b.logits)), f"position {position}"
+        assert np.array_equal(_bits(a.logits), _bits(p.logits)), f"position {position}"
+        assert a.cycles == b.cycles == c.cycles_per_step < padded.cycles_per_step
+
+
 @pytest.mark.parametrize(("chips", "dtype"), [(None, "fp16"), (2, "fp16"), (2, "int8")],
                          ids=["one-chip", "two-chips", "int8-two-chips"])
 def test_prefill_program_is_bit_identical_to_its_cycle_exact_run_and_to_decoding_token_by_token(chips, dtype):

@@ -336,7 +336,7 @@ def compile_command(
     dtype: Annotated[str, typer.Option("--dtype", metavar="fp16|int8", help="Weight type.")] = "fp16",
     chip: ChipOption = None,
     context: Annotated[int, typer.Option("--context", metavar="N",
-                                         help="KV-cache positions (a power of two).")] = 128,
+                                         help="KV-cache positions (an even number).")] = 128,
     chips: Annotated[int | None, typer.Option("--chips", metavar="N", help="Use exactly N chips.")] = None,
     layers: Annotated[int | None, typer.Option("--layers", metavar="N",
                                                help="Compile only the first N layers (a debugging aid).")] = None,
@@ -397,7 +397,7 @@ def generate_command(
     context: Annotated[
         int | None,
         typer.Option("--context", metavar="N", help="KV-cache positions to compile for "
-                     "(default: prompt + max tokens, rounded up to a power of two, at least 64)."),
+                     "(an even number; default: prompt + max tokens, rounded up to a multiple of 32)."),
     ] = None,
     layers: Annotated[
         int | None,

@@ -141,9 +141,9 @@ def check_model(cfg: LlamaConfig, context: int) -> None:
     if problems:
         raise ConfigError("the chip lowering supports llama models whose heads tile the 320 lanes and leave a "
                           "padding lane: " + "; ".join(problems))
-    if context < 2 or context & (context - 1) or context > 8192:
-        raise ConfigError(f"context {context}: the compiled context must be a power of two from 2 to 8192 "
-                          "(the attention trees halve it)")
+    if context < 2 or context % 2 or context > 8192:
+        raise ConfigError(f"context {context}: the compiled context must be an even number from 2 to 8192 "
+                          "(the scores' MXM passes write their rows in pairs)")
     if context > cfg.context_length:
         raise ConfigError(f"context {context} is longer than the model's {cfg.context_length} positions")
 
@@ -484,22 +484,27 @@ class _Graph:
         return self.vxm(Opcode.COPY, t.dtype, [r], f"{r.name}_part")
 
     def tree(self, op: Opcode, x: Ref, stem: str) -> Ref:
-        """op over the rows of x (power-of-two rows, interleaved by 2): pairs of rows, level by level."""
+        """op over the rows of x (interleaved by 2): pairs of rows, level by level."""
         return self.trees(op, [x], [stem])[0]
 
     def trees(self, op: Opcode, xs: list[Ref], stems: list[str]) -> list[Ref]:
         """`tree` of each x (all of one shape), side by side: each level of every tree in one pass (a Chain;
-        trees on opposite sides flow opposite ways)."""
+        trees on opposite sides flow opposite ways). A level of an odd number of rows pairs all but the last,
+        which a copy carries on to the next level's last row."""
         rows, blocks = self.shape(xs[0])
         while rows > 1:
-            half = rows // 2
-            steps = []
+            half, odd = rows // 2, rows % 2
+            steps, carries = [], []
             for x, stem in zip(xs, stems):
-                out = self.temp(stem, F32, half, blocks, other(self.side(x)), 2 if half > 1 else 1)
+                out = self.temp(stem, F32, half + odd, blocks, other(self.side(x)), 2 if half + odd > 1 else 1)
                 pair = (Ref(x.name, row0=0, rows=half, step=2), Ref(x.name, row0=1, rows=half, step=2))
-                steps.append(Vxm(op, F32, pair, out))
+                steps.append(Vxm(op, F32, pair, Ref(out.name, rows=half) if odd else out))
+                if odd:
+                    carries.append(Vxm(Opcode.COPY, F32, (Ref(x.name, row0=rows - 1, rows=1),),
+                                       Ref(out.name, row0=half, rows=1)))
             self.ops.append(steps[0] if len(steps) == 1 else Chain(tuple(steps)))
-            xs, rows = [s.out for s in steps], half
+            self.ops.extend(carries)
+            xs, rows = [Ref(s.out.name) for s in steps], half + odd
         return xs
 
 
@@ -554,7 +559,7 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
         for j in range(prompt):  # the cache fills row by row, so each query sees exactly the rows before it
             g.vxm(Opcode.COPY, F32, [replace(k_new, row0=j, rows=1)], "", out=Ref(kc.name, row0=j, rows=1))
             g.vxm(Opcode.COPY, F32, [replace(v_new, row0=j, rows=1)], "", out=Ref(vc.name, row0=j, rows=1))
-            n = max(2, 1 << j.bit_length())  # a power of two > j: the trees halve it
+            n = j + 2 - j % 2  # rows 0..j, and the unwritten row j + 1 when j + 1 is odd (the scores' rows pair up)
             oj = _attend(g, dims, f"{p}q{j}_", Ref(kc.name, rows=n), Ref(vc.name, rows=n),
                          Ref(q.name, row0=j, rows=n, step=0))
             if o is None:
@@ -582,7 +587,7 @@ def _const(g: _Graph, stem: str, side: Hemisphere, row: np.ndarray) -> str:
 
 
 def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref) -> Ref:
-    """One query's attention over the cache rows `kc` / `vc` (a power of two of them), q broadcast to each:
+    """One query's attention over the cache rows `kc` / `vc` (an even number of them), q broadcast to each:
     returns its output row."""
     rows, _ = g.shape(kc)
     # scores: K * q on the VXM, split into fp16 hi + lo, summed per head on both MXMs
