@@ -135,8 +135,10 @@ def test_fp32_rounds_to_fp16_as_fp64_does_ties_subnormals_saturation_and_nans_in
             return nx.convert(v, DType.FP32, DType.FP16), nx.convert(v.astype(np.float64), DType.FP32, DType.FP16)
 
     for values in (numbers, x):  # x holds NaNs: their payloads are as the fp64 route makes them
-        via32, via64 = both(values)
-        assert np.array_equal(via32.view(np.uint16), via64.view(np.uint16))
+        # whole, and in pieces small enough to be converted first and checked after (numbers' ends at its end)
+        for part in (values, values[-nx.SMALL_CAST:], values[:nx.SMALL_CAST]):
+            via32, via64 = both(part)
+            assert np.array_equal(via32.view(np.uint16), via64.view(np.uint16))
     via32, _ = both(edges)
     assert via32[:5].tolist() == [65504] * 5 and np.isinf(via32[5]) and via32[6:10].tolist() == [
         0, 2.0**-23, 2.0**-23, 2.0**-14] and via32[10:].tolist() == [1, 1 + 2.0**-9]
