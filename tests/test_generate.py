@@ -290,10 +290,10 @@ def test_context_check() -> None:
     p = len(PROMPT_IDS)
     with pytest.raises(ConfigError) as err:
         run(TOK.encode("abcdef"), max_tokens=5, context=p + 4)
+    assert p == 20  # "hi" in the chat template: 25 positions needed, an odd number, so 26 is suggested
     assert str(err.value) == (
-        f"the prompt ({p} tokens) and --max-tokens 5 need {p + 5} positions, but the model was compiled for a "
-        f"context of {p + 4}; pass --context {p + 5 + (p + 5) % 2} or more (an even number), or fewer "
-        "--max-tokens"
+        "the prompt (20 tokens) and --max-tokens 5 need 25 positions, but the model was compiled for a "
+        "context of 24; pass --context 26 or more (an even number), or fewer --max-tokens"
     )
     g, _, _ = run(TOK.encode("abcdef"), max_tokens=5, context=p + 5)
     assert len(g.token_ids) == 5
