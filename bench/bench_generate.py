@@ -40,6 +40,7 @@ import numpy as np
 from openlpu.compiler.cache import CACHE_DIR_ENV, NO_CACHE_ENV
 from openlpu.compiler.chipgraph import (
     Chain,
+    InvRms,
     LaneMix,
     Matmul,
     Pair,
@@ -317,6 +318,8 @@ def op_group(op: Any) -> str:
             return "pair." + "+".join(sorted({_weight_group(op.west.w), _weight_group(op.east.w)}))
         case RmsNorm():
             return "rmsnorm"
+        case InvRms():
+            return "inv_rms"
         case TokenScale():
             return "token_scale"
         case LaneMix():

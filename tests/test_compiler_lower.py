@@ -8,7 +8,7 @@ import pytest
 from frontend_refs import our_model
 
 from openlpu.compiler import fast
-from openlpu.compiler.chipgraph import Chain, ChipGraph, Pair, Receive, Role, Send, Vxm
+from openlpu.compiler.chipgraph import Chain, ChipGraph, InvRms, Matmul, Pair, Receive, RmsNorm, Role, Send, Vxm
 from openlpu.compiler.lower import (
     MASK_LANE,
     Dims,
@@ -161,13 +161,14 @@ def test_the_attention_streams_its_dependent_steps_through_the_alu_ranks():
     model = our_model(1)
     graph = lower_chip(model, Dims(model.config, 16), 0, range(1), first=True, last=True)
     chains = [op for op in graph.ops if isinstance(op, Chain)]
-    split = chains[0]  # the products' split: mul, the fp16 cast beside two exact fp32 casts, the subtraction
+    at = [i for i, c in enumerate(chains) if c.steps[0].op is Opcode.MUL][0]  # before it: the qkv input's cast
+    split = chains[at]  # the products' split: mul, the fp16 cast beside two exact fp32 casts, the subtraction
     assert [s.op for s in split.steps] == [Opcode.MUL] + [Opcode.CAST] * 4 + [Opcode.SUB]
     written = {n for n in split.writes() if graph.tensors[n].role is not Role.STREAM}
     assert {graph.tensors[n].dtype for n in written} == {DType.FP16, DType.FP32} and len(written) == 2
-    assert [s.op for s in chains[1].steps] == [Opcode.SUB, Opcode.EXP]
+    assert [s.op for s in chains[at + 1].steps] == [Opcode.SUB, Opcode.EXP]
     # the softmax sum and the weighted sum: each tree level of both in one pass, flowing opposite ways
-    levels = [c for c in chains[2:] if len(c.steps) == 2 and {s.op for s in c.steps} == {Opcode.ADD}]
+    levels = [c for c in chains[at + 2:] if len(c.steps) == 2 and {s.op for s in c.steps} == {Opcode.ADD}]
     assert len(levels) == 4  # log2(16) rows
     assert all(graph.tensors[a.out.name].hemisphere is not graph.tensors[b.out.name].hemisphere
                for a, b in (c.steps for c in levels))
@@ -192,12 +193,48 @@ def test_a_tree_level_of_odd_rows_carries_the_last_row_as_padding_would(rows):
     assert np.array_equal(env[total.name].view(np.uint32), padded.view(np.uint32))
 
 
+def test_a_blocks_norms_scale_the_products_of_the_matmuls_after_them():
+    """rmsnorm(x, w) @ W as n * (fp16(x * w) @ W): the matmul reads x * w, not a normalised row, and its product
+    is scaled by the norm's inverse rms (one row per row of x, every block of the product by that one row)."""
+    model = our_model(1)
+    graph = lower_chip(model, Dims(model.config, 16), 0, range(1), first=True, last=True)
+    norms = [op for op in graph.ops if isinstance(op, InvRms)]
+    assert [op.x for op in norms] == ["x_in", "l0_x_att_40"] and all(op.n == 576 for op in norms)
+    (final,) = [op for op in graph.ops if isinstance(op, RmsNorm)]  # the head's norm stays whole
+    assert final.y == "final"
+    producer = {name: op for op in graph.ops for name in op.writes()}
+    steps = {s.out.name: s for op in graph.ops if isinstance(op, Chain | Vxm)
+             for s in (op.steps if isinstance(op, Chain) else (op,))}
+
+    def origin(name: str) -> Vxm:
+        """The first step behind `name` that is not a cast or a copy."""
+        while steps[name].op in (Opcode.CAST, Opcode.COPY):
+            name = steps[name].ins[0].name
+        return steps[name]
+
+    for norm, w_norm, weights in zip(norms, ("l0_attn_norm", "l0_ffn_norm"), (["l0_qkv"], ["l0_g", "l0_u"])):
+        scaled = [op for op in graph.ops if isinstance(op, Vxm) and op.op is Opcode.MUL
+                  and op.ins[1].name == norm.y]
+        assert len(scaled) == len(weights)
+        for op, w in zip(scaled, weights):
+            assert op.ins[1].block_step == 0 and op.ins[1].blocks == graph.tensors[op.out.name].blocks
+            mm = producer[op.ins[0].name]
+            mm = mm.west if isinstance(mm, Pair) and mm.west.c == op.ins[0].name else \
+                mm.east if isinstance(mm, Pair) else mm
+            assert isinstance(mm, Matmul) and mm.w == w
+            # the matmul's input: fp16(x * w) (perhaps copied across), never the norm's output
+            assert steps[mm.a].op is Opcode.COPY or steps[mm.a].to is DType.FP16
+            xw = origin(mm.a)
+            assert xw.op is Opcode.MUL and [r.name for r in xw.ins] == [w_norm, norm.x]
+
+
 def test_runs_of_vxm_operations_whose_results_nothing_else_reads_become_chains():
     model = our_model(1)
     graph = lower_chip(model, Dims(model.config, 16), 0, range(1), first=True, last=True)
     (ffn,) = [op for op in graph.ops if isinstance(op, Chain) and op.steps[0].op is Opcode.SILU]
-    assert [s.op for s in ffn.steps] == [Opcode.SILU, Opcode.MUL, Opcode.CAST]
-    assert [graph.tensors[s.out.name].role for s in ffn.steps] == [Role.STREAM, Role.STREAM, Role.ACT]
+    # SiLU, the gate product, the cast to fp16 and the copy to the down projection's side
+    assert [s.op for s in ffn.steps] == [Opcode.SILU, Opcode.MUL, Opcode.CAST, Opcode.COPY]
+    assert [graph.tensors[s.out.name].role for s in ffn.steps] == [Role.STREAM] * 3 + [Role.ACT]
     # the residual after attention feeds the next norm and the block's last add: written, and its add alone
     (residual,) = [op for op in graph.ops if isinstance(op, Vxm) and op.out.name.startswith("l0_x_att")]
     assert graph.tensors[residual.out.name].role is Role.ACT

@@ -7,7 +7,7 @@ import pytest
 
 from openlpu.errors import ProgramError
 from openlpu.hardware import load_chip
-from openlpu.kernels import rmsnorm
+from openlpu.kernels import inv_rms, rmsnorm
 from openlpu.kernels.reduce import tree_depth
 from openlpu.sim.reference import simulate_reference
 
@@ -72,3 +72,26 @@ def test_fast_path_is_bit_identical(shape):
     assert cycles == result.cycles
     assert fast.dtype == exact.dtype and fast.shape == exact.shape
     assert np.array_equal(np.ascontiguousarray(fast).view(np.uint8), np.ascontiguousarray(exact).view(np.uint8))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_inv_rms_is_the_first_pass_within_its_bound(shape):
+    """inv_rms alone: every lane of a row within (D / 2 + 3) u of 1 / sqrt(mean(x^2) + eps), the fast path bit
+    for bit the simulator, and the same lanes rmsnorm's first pass scales by (its y = (x * r) * w)."""
+    rng = np.random.default_rng(90 + SHAPES.index(shape))
+    x = rng.uniform(-4, 4, shape).astype(np.float32)
+    kernel = inv_rms(CHIP, x, eps=1e-5)
+    (fast, cycles), (exact, result) = kernel.run_fast(), kernel.run(CHIP)
+    assert cycles == result.cycles == kernel.predicted_cycles
+    assert result.checks_passed, [c.describe() for c in result.checks]
+    assert exact.shape == (shape[0], LANES) and exact.dtype == np.float32
+    assert np.array_equal(fast.view(np.uint32), exact.view(np.uint32))
+    x64 = x.astype(np.float64)
+    truth = 1 / np.sqrt((x64 * x64).mean(axis=1, keepdims=True) + float(np.float32(1e-5)))
+    blocks = -(-shape[1] // LANES)
+    assert np.all(np.abs(exact - truth) <= ((blocks - 1 + tree_depth(LANES)) / 2 + 3) * 2.0**-24 * truth)
+    y = rmsnorm(CHIP, x, np.ones(shape[1], np.float32), eps=1e-5).run_fast()[0]  # (x * r) * 1
+    xb = np.zeros((shape[0], blocks * LANES), np.float32)
+    xb[:, :shape[1]] = x
+    scaled = (xb.reshape(shape[0], -1, LANES) * exact[:, None, :]).reshape(shape[0], -1)[:, :shape[1]]
+    assert np.array_equal(y.view(np.uint32), scaled.view(np.uint32))

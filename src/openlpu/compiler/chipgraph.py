@@ -14,6 +14,8 @@ Operations:
              tiles of a constant w that are all zero
     Pair     two matmuls side by side, one on each hemisphere's MXM (they share no unit, slice or stream segment)
     RmsNorm  y = rmsnorm(x, w) over the first n columns (x, w west; y east)
+    InvRms   y = rsqrt(mean(x^2) + eps) per row of x over its first n columns, in every lane (x west; y east):
+             RmsNorm's first pass, for a norm whose scaling the compiler moves past the next matmul
     TokenScale  y = max(max|x|, floor) / 127 per row of x, in every lane (x west; y east): int8 activations
     LaneMix  out = sum_i m_i * rotate(x, r_i): lane rotations through the SXM, weighted by rows (RoPE, KV heads)
     Scatter  row index[0] of `dst` (block by block) = src; dst in the other hemisphere
@@ -187,6 +189,27 @@ class RmsNorm:
 
 
 @dataclass(frozen=True, slots=True)
+class InvRms:
+    x: str
+    y: str
+    n: int
+    eps: float
+
+    @property
+    def scratch(self) -> tuple[str, str]:
+        return (f"{self.y}_p0", f"{self.y}_p1")
+
+    def reads(self) -> tuple[str, ...]:
+        return (self.x,)
+
+    def writes(self) -> tuple[str, ...]:
+        return (self.y, *self.scratch)
+
+    def __str__(self) -> str:
+        return f"inv_rms {self.y} <- {self.x} n={self.n} eps={self.eps!r}"
+
+
+@dataclass(frozen=True, slots=True)
 class TokenScale:
     x: str
     y: str
@@ -265,7 +288,7 @@ class Receive:
         return f"receive {self.dst}"
 
 
-Operation = Vxm | Chain | Matmul | Pair | RmsNorm | TokenScale | LaneMix | Scatter | Send | Receive
+Operation = Vxm | Chain | Matmul | Pair | RmsNorm | InvRms | TokenScale | LaneMix | Scatter | Send | Receive
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 from openlpu.compiler.chipgraph import (
     Chain,
     ChipGraph,
+    InvRms,
     LaneMix,
     Matmul,
     Pair,
@@ -40,7 +41,7 @@ from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType
 from openlpu.kernels.lanemix import fast_lane_mix
 from openlpu.kernels.quantize import fast_token_scale
-from openlpu.kernels.rmsnorm import fast_rmsnorm
+from openlpu.kernels.rmsnorm import fast_inv_rms, fast_rmsnorm
 from openlpu.sim import numerics as nx
 
 LANES = 320
@@ -198,6 +199,8 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
                 found.add(m.c)
         elif isinstance(op, RmsNorm):
             env[op.y] = fast_rmsnorm(env[op.x], env[op.w], op.n, op.eps, LANES)
+        elif isinstance(op, InvRms):
+            env[op.y] = fast_inv_rms(env[op.x], op.n, op.eps, LANES)
         elif isinstance(op, TokenScale):
             env[op.y] = fast_token_scale(env[op.x], LANES)
         elif isinstance(op, Scatter):

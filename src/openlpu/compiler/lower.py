@@ -2,8 +2,9 @@
 
 One decode step (one token at position t against a KV cache of `context` rows) becomes, per block:
 
-    h   = rmsnorm(x, attn_norm)                          RmsNorm (x west, h east)
-    qkv = fp16(h) @ [Wq | Wk | Wv]                       one MXM matmul, fp32 out (q: its heads' blocks; k, v: one
+    n   = rsqrt(mean(x^2) + eps)                         InvRms (x west, n east): the norm's lane reduction,
+                                                          beside the matmul, whose product it then scales
+    qkv = n * (fp16(x * attn_norm) @ [Wq | Wk | Wv])     one MXM matmul, fp32 out (q: its heads' blocks; k, v: one
                                                           block each, the KV heads side by side)
     r   = qkv * cos + rot(qkv, -dh/2) * sin_neg          RoPE in one LaneMix: rotate_half as two SXM lane rotations,
           + rot(qkv, +dh/2) * sin_pos                     the signs and the halves in the host's sin rows (v: cos 1)
@@ -15,8 +16,12 @@ One decode step (one token at position t against a KV cache of `context` rows) b
                                                           west, lo east: a Pair), then hi + lo on the VXM
     p   = exp(s - max_rows s);  o = sum_rows(p * V) / sum_rows(p)     trees over rows on the VXM (exp(s - m): one
                                                           Chain; each level of the two sums: one Chain)
-    x  += fp16(o) @ Wo;  x += fp16(silu(g) * u) @ Wd  with g, u = fp16(rmsnorm(x)) @ Wg, @ Wu on the two MXMs
-                                                          at once (a Pair: Wg and Wu sit on opposite sides)
+    x  += fp16(o) @ Wo;  x += fp16(silu(g) * u) @ Wd  with g, u = n2 * (fp16(x * ffn_norm) @ Wg, @ Wu) on the
+                                                          two MXMs at once (a Pair: Wg and Wu sit on opposite
+                                                          sides), n2 this x's inverse rms
+
+A norm followed by a matmul is computed as rmsnorm(x, w) @ W = n * ((x * w) @ W) (`_normed`): n is a scalar per
+row, so the matmul need not wait for the lane reduction that computes it (four SXM round trips).
 
 The weights hold the model's columns once (no rotated or repeated copies); the cache keeps one row per position
 with the K and V of every *query* head (the expansion above), so every attention vector lines up lane for lane
@@ -26,8 +31,8 @@ such a score is exactly 0. The 1/sqrt(head_dim) scale is folded into q's cos and
 
 Precision (fp16, the default): weights fp16, every matmul input rounded to fp16, fp32 accumulation; everything on
 the VXM in fp32; the KV cache in fp32. int8: weights int8 per output column (channel) with fp32 scales; each
-projection's input quantised per token on the chip (`_Graph.quantize`), the int32 sums rescaled in fp32
-(`_Graph.dequantize`); attention as in fp16.
+projection's input (x * w for the normed ones) quantised per token on the chip (`_Graph.quantize`), the int32
+sums rescaled in fp32 (`_Graph.dequantize`); attention as in fp16.
 
 Hemispheres: a block's five weights sit on alternating sides from block to block (`layer_sides`), so the two
 hemispheres' weight bands fill evenly; gate and up always on opposite sides, so that they multiply at once. An
@@ -49,6 +54,7 @@ import numpy as np
 from openlpu.compiler.chipgraph import (
     Chain,
     ChipGraph,
+    InvRms,
     LaneMix,
     Matmul,
     Operation,
@@ -531,15 +537,14 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
     ws = layer_weights(model, i, dims, dtype)
     p = f"l{i}_"
     wt = {name: _weight(g, p + name, ws, name, side) for name, side in layer_sides(k).items()}
-    norms = {n: g.tensor(p + n, F32, 1, dims.dp, W, Role.CONST, ws[n]) for n in ("attn_norm", "ffn_norm")}
+    norms = {n: g.tensor(p + n, F32, 1, dims.dp, E, Role.CONST, ws[n]) for n in ("attn_norm", "ffn_norm")}
     k_init = np.zeros((t_rows, dims.qp), np.float32)
     k_init[:, MASK_LANE] = 1.0
     kc = g.tensor(p + "k_cache", F32, t_rows, dims.qp, E, Role.STATE, k_init)
     vc = g.tensor(p + "v_cache", F32, t_rows, dims.qp, W, Role.STATE, np.zeros((t_rows, dims.qp), np.float32))
 
     x = g.ensure(x, W)
-    h = _rmsnorm(g, x, norms["attn_norm"], dims, p + "h")
-    qkv = g.project(h, wt["qkv"], p + "qkv")
+    (qkv,) = _normed(g, x, norms["attn_norm"], [wt["qkv"]], dims, p + "qkv")
     r = g.lane_mix(qkv, list(rope_terms(cfg, g.side(qkv))), p + "rope")
     qmask = _const(g, "qmask", g.side(r), mask_row(dims))
     q = g.vxm(Opcode.ADD, F32, [Ref(r.name, 0, qb), Ref(qmask, rows=rows, step=0)], p + "q")
@@ -570,8 +575,7 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
     x = g.vxm(Opcode.ADD, F32, [att, x], p + "x_att")
     # feed-forward
     x = g.ensure(x, W)
-    h = _rmsnorm(g, x, norms["ffn_norm"], dims, p + "h2")
-    gate, up = g.project_pair(h, wt["g"], wt["u"], p + "gu")
+    gate, up = _normed(g, x, norms["ffn_norm"], [wt["g"], wt["u"]], dims, p + "gu")
     act = g.vxm(Opcode.SILU, F32, [gate], p + "silu")
     prod = g.vxm(Opcode.MUL, F32, [act, up], p + "glu")
     down = g.project(prod, wt["down"], p + "down")
@@ -635,6 +639,25 @@ def _split_products(g: _Graph, kc: Ref, q: Ref, stem: str) -> tuple[Ref, Ref]:
 def _broadcast(row: Ref, rows: int) -> Ref:
     """One row read again for each of `rows` rows."""
     return Ref(row.name, rows=rows, step=0)
+
+
+def _normed(g: _Graph, x: Ref, w: Ref, weights: list[Ref], dims: Dims, stem: str) -> list[Ref]:
+    """rmsnorm(x, w) times one weight, or two side by side (a Pair), with the norm's scaling moved past the
+    matmul: rmsnorm(x, w) @ W = r * ((x * w) @ W), r = rsqrt(mean(x^2) + eps) a scalar per row. So the matmul of
+    x * w runs while the SXM's lane reduction computes r (`InvRms`), and each product is then scaled by r."""
+    x = g.ensure(g.whole(x), W)
+    rows, _ = g.shape(x)
+    xw = g.vxm(Opcode.MUL, F32, [_broadcast(w, rows), x], stem + "_xw")  # lands west, beside x: w sits east
+    r = g.tensor(stem + "_r", F32, rows, LANES, E, Role.ACT)
+    op = InvRms(x.name, r.name, dims.d, float(np.float32(dims.cfg.rms_eps)))
+    for s in op.scratch:
+        g.tensor(s, F32, rows, LANES, E, Role.ACT)
+    g.ops.append(op)
+    if len(weights) == 1:
+        products = [g.project(xw, weights[0], stem + "_xwW")]
+    else:
+        products = list(g.project_pair(xw, weights[0], weights[1], stem + "_xwW"))
+    return [g.vxm(Opcode.MUL, F32, [c, Ref(r.name, blocks=g.shape(c)[1], block_step=0)], stem) for c in products]
 
 
 def _rmsnorm(g: _Graph, x: Ref, w: Ref, dims: Dims, stem: str) -> Ref:

@@ -23,6 +23,7 @@ import numpy as np
 from openlpu.compiler.chipgraph import (
     Chain,
     ChipGraph,
+    InvRms,
     LaneMix,
     Matmul,
     Pair,
@@ -94,7 +95,7 @@ def together(graph: ChipGraph) -> dict[str, set[str]]:
             groups = [{op.src.name, op.index}]
         elif isinstance(op, RmsNorm):
             groups = [{op.x, op.w}, {op.y, *op.scratch}]
-        elif isinstance(op, TokenScale):
+        elif isinstance(op, InvRms | TokenScale):
             groups = [{op.y, *op.scratch}]
         elif isinstance(op, LaneMix):  # x may share a term's slices: the emitter reads it in waves
             groups = [{m.name for _, m in op.terms}]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from openlpu.compiler.chipgraph import (
     Chain,
     ChipGraph,
+    InvRms,
     LaneMix,
     Matmul,
     Pair,
@@ -48,7 +49,7 @@ from openlpu.kernels.builder import ProgramBuilder, mem_queue
 from openlpu.kernels.lanemix import Term, emit_lane_mix
 from openlpu.kernels.matmul import emit_matmul
 from openlpu.kernels.quantize import emit_token_scale
-from openlpu.kernels.rmsnorm import emit_rmsnorm
+from openlpu.kernels.rmsnorm import emit_inv_rms, emit_rmsnorm
 from openlpu.kernels.vectors import ChainStep, View, emit_chain, emit_scatter, emit_vxm, read_view
 
 EAST_LINK, WEST_LINK = QueueId(Unit.C2C, Hemisphere.E, 0), QueueId(Unit.C2C, Hemisphere.W, 0)
@@ -113,6 +114,9 @@ def _emit(b: ProgramBuilder, op, graph: ChipGraph, placed: dict[str, Tensor], vi
     elif isinstance(op, RmsNorm):
         inv, p0, p1 = (placed[s] for s in op.scratch)
         t = emit_rmsnorm(b, placed[op.x], placed[op.w], placed[op.y], inv, (p0, p1), op.n, op.eps, t)
+    elif isinstance(op, InvRms):
+        p0, p1 = (placed[s] for s in op.scratch)
+        t = emit_inv_rms(b, placed[op.x], placed[op.y], (p0, p1), op.n, op.eps, t)
     elif isinstance(op, TokenScale):
         p0, p1 = (placed[s] for s in op.scratch)
         t = emit_token_scale(b, placed[op.x], placed[op.y], (p0, p1), t)

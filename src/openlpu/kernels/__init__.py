@@ -9,10 +9,10 @@ from openlpu.kernels.kernel import Kernel
 from openlpu.kernels.matmul import emit_matmul, fast_matmul, matmul
 from openlpu.kernels.reduce import rowmax, rowsum
 from openlpu.kernels.relayout import Step, emit_relayout, fast_relayout
-from openlpu.kernels.rmsnorm import rmsnorm
+from openlpu.kernels.rmsnorm import inv_rms, rmsnorm
 from openlpu.kernels.softmax import softmax
 
 __all__ = [
     "Kernel", "Step", "binary", "binary_scalar", "emit_matmul", "emit_relayout", "fast_matmul", "fast_relayout",
-    "matmul", "rmsnorm", "rowmax", "rowsum", "softmax", "unary",
+    "inv_rms", "matmul", "rmsnorm", "rowmax", "rowsum", "softmax", "unary",
 ]

@@ -7,6 +7,10 @@ Two passes over x (row reductions as in `openlpu.kernels.reduce`):
     B  y = (x * r) * w                         -> y, block by block; w's block is re-read every row (stride 0)
 
 Padding lanes are zero in SRAM, so they add nothing to the sum of squares.
+
+Pass A alone is `inv_rms` (`emit_inv_rms`): the compiler defers the scaling past the next matmul,
+rmsnorm(x) @ W = r * ((x * w) @ W) with r a per-row scalar, so that the matmul of x * w runs while the lane
+reduction computes r (`openlpu.compiler.lower`).
 """
 
 from __future__ import annotations
@@ -73,26 +77,53 @@ def rmsnorm(chip: Chip, x: np.ndarray, w: np.ndarray, *, eps: float = 1e-5, name
                   fast=partial(_fast, lanes, eps32))
 
 
+def inv_rms(chip: Chip, x: np.ndarray, *, eps: float = 1e-5, name: str = "inv_rms") -> Kernel:
+    """y [M, lanes] = rsqrt(mean(x^2) + eps) of each row of x [M, N] fp32, in every lane (`~=` within the bound
+    in `_inv_check`)."""
+    x = check_fp32(x, name)
+    m, n = x.shape
+    b = ProgramBuilder(chip, name)
+    lanes = chip.lanes.lanes
+    tx, ty = tensor("x", Hemisphere.W, X_SLICE, m, n), tensor("y", Hemisphere.E, ROW_SLICES[0], m, lanes)
+    blocks = tx.column_blocks(lanes)
+    scratch = [tensor(f"partial{i}", Hemisphere.E, s, m, lanes) for i, s in enumerate(PARTIAL_SLICES)]
+    b.tensors += [tx, ty, *scratch[: min(2, blocks - 1)]]
+    eps32 = float(np.float32(eps))
+    emit_inv_rms(b, tx, ty, (scratch[0], scratch[1]), n, eps32)
+    b.checks.append(_inv_check(n, blocks, lanes, eps32))
+    return Kernel(program=b.build(), predicted_cycles=b.predicted_cycles(), inputs={"x": x},
+                  assemble=lambda t: t["y"], fast=lambda inputs: fast_inv_rms(inputs["x"], n, eps32, lanes))
+
+
 def emit_rmsnorm(b: ProgramBuilder, tx: Tensor, tw: Tensor, ty: Tensor, t_inv: Tensor,
                  partials: tuple[Tensor, Tensor], n: int, eps: float, start: int = 0) -> int:
     """Schedule ty = rmsnorm(tx, tw) over the first `n` columns (the rest are zero) on placed fp32 tensors, no
     instruction before `start`; returns the first cycle after everything has landed. x and w sit in the west
     hemisphere; y, the per-row scratch `t_inv` ([M, lanes]) and the fold's two `partials` ([M, lanes]) in the
     east. `eps` is already an fp32 value."""
-    lanes, m = b.chip.lanes.lanes, tx.rows
-    west = (tx, tw)
-    east = (ty, t_inv, *partials)
-    if any(t.placement.hemisphere is not Hemisphere.W for t in west) or \
-            any(t.placement.hemisphere is not Hemisphere.E for t in east):
+    if tw.placement.hemisphere is not Hemisphere.W or ty.placement.hemisphere is not Hemisphere.E:
         raise ProgramError(f"rmsnorm {tx.name}: x and w must sit in the west hemisphere, y and the scratch in "
                            "the east")
     mark = b.mark()
-    blocks = tx.column_blocks(lanes)
-    rows = (rows_of(partials[0], lanes), rows_of(partials[1], lanes))
-    ready = reduce_rows(b, RowReduction(Opcode.ADD, m, blocks, _square_feed(tx, lanes),
-                                        _inverse_rms(t_inv, lanes, n, eps), rows), start)
-    _scale(b, tx, tw, ty, t_inv, ready)
+    _scale(b, tx, tw, ty, t_inv, emit_inv_rms(b, tx, t_inv, partials, n, eps, start))
     return b.done_since(mark)
+
+
+def emit_inv_rms(b: ProgramBuilder, tx: Tensor, t_inv: Tensor, partials: tuple[Tensor, Tensor], n: int,
+                 eps: float, start: int = 0) -> int:
+    """Schedule pass A alone: every lane of row r of `t_inv` ([M, lanes], east) = rsqrt(sum(x[r]^2) / n + eps)
+    for placed fp32 x (west; columns past n zero), no instruction before `start`; the fold's two `partials`
+    ([M, lanes]) sit in the east. Returns the first cycle at which t_inv is readable. `eps` is an fp32 value."""
+    lanes, m = b.chip.lanes.lanes, tx.rows
+    if tx.placement.hemisphere is not Hemisphere.W or any(
+            t.placement.hemisphere is not Hemisphere.E for t in (t_inv, *partials)):
+        raise ProgramError(f"rmsnorm {tx.name}: x must sit in the west hemisphere, the inverse rms and the scratch "
+                           "in the east")
+    if tx.dtype is not F32 or t_inv.dtype is not F32 or (t_inv.rows, t_inv.cols) != (m, lanes):
+        raise ProgramError(f"rmsnorm {tx.name}: x [M, N] and the inverse rms [M, {lanes}] must be fp32 with M rows")
+    rows = (rows_of(partials[0], lanes), rows_of(partials[1], lanes))
+    return reduce_rows(b, RowReduction(Opcode.ADD, m, tx.column_blocks(lanes), _square_feed(tx, lanes),
+                                       _inverse_rms(t_inv, lanes, n, eps), rows), start)
 
 
 def _fast(lanes: int, eps: float, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -100,13 +131,21 @@ def _fast(lanes: int, eps: float, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return fast_rmsnorm(inputs["x"], inputs["w"], n, eps, lanes)[:, :n]
 
 
+def fast_inv_rms(x: np.ndarray, n: int, eps: float, lanes: int) -> np.ndarray:
+    """Pass A with the same fp32 operations in the same order, on whole arrays: x [M, C] with C >= n (columns
+    past n zero) -> [M, lanes]: every lane of a row holds its rsqrt(mean(x^2) + eps), as its lane of the lane
+    tree computed it."""
+    xb = padded_blocks(x, lanes)
+    total = fast_reduce(Opcode.ADD, lambda j: nx.vxm_binary(Opcode.MUL, xb[:, j], xb[:, j], F32), xb.shape[1])
+    mean = nx.vxm_binary(Opcode.MUL, total, immediate(1.0 / n, F32), F32)
+    return nx.vxm_unary(Opcode.RSQRT, nx.vxm_binary(Opcode.ADD, mean, immediate(eps, F32), F32), F32)
+
+
 def fast_rmsnorm(x: np.ndarray, w: np.ndarray, n: int, eps: float, lanes: int) -> np.ndarray:
     """Passes A and B with the same fp32 operations in the same order, on whole arrays: x [M, C], w [1, C]
     with C >= n (columns past n zero); returns [M, blocks * lanes]."""
+    inv_rms = fast_inv_rms(x, n, eps, lanes)
     x, w = padded_blocks(x, lanes), padded_blocks(w, lanes)
-    total = fast_reduce(Opcode.ADD, lambda j: nx.vxm_binary(Opcode.MUL, x[:, j], x[:, j], F32), x.shape[1])
-    mean = nx.vxm_binary(Opcode.MUL, total, immediate(1.0 / n, F32), F32)
-    inv_rms = nx.vxm_unary(Opcode.RSQRT, nx.vxm_binary(Opcode.ADD, mean, immediate(eps, F32), F32), F32)
     y = nx.vxm_binary(Opcode.MUL, nx.vxm_binary(Opcode.MUL, x, inv_rms[:, None], F32), w, F32)
     return y.reshape(len(y), -1)
 
@@ -154,6 +193,14 @@ def _scale(b: ProgramBuilder, tx: Tensor, tw: Tensor, ty: Tensor, t_inv: Tensor,
     start = earliest(b.chip, block, ready)
     for j in range(tx.column_blocks(lanes)):
         block(b, start + j * m, j)
+
+
+def _inv_check(n: int, blocks: int, lanes: int, eps: float) -> Check:
+    """`_check`'s bound up to the rsqrt: the argument within (D + 4) u, halved by rsqrt, plus its own rounding:
+    (D / 2 + 3) u."""
+    depth = blocks - 1 + tree_depth(lanes)
+    return Check(target="y", mode=CheckMode.CLOSE, expr=f"rsqrt(rowsum(x * x) / {n} + {eps!r})",
+                 rtol=(depth / 2 + 3) * 2.0**-24)
 
 
 def _check(x: np.ndarray, blocks: int, lanes: int, eps: float) -> Check:
