@@ -141,7 +141,7 @@ def test_rows_that_copy_one_row_are_computed_once_and_give_every_row_s_own_bits(
     graph = _attention_like_graph(rows)
     rng = np.random.default_rng(written)
     kc = np.zeros((rows, 2 * LANES), np.float32)
-    kc[:, 600] = 1.0  # the unwritten rows' mask pattern
+    kc[:, 600] = 1.0  # a pattern every unwritten row repeats
     kc[:written] = rng.standard_normal((written, 2 * LANES)).astype(np.float32)
     if written < rows:
         kc[written, 7] = -0.0  # a row that differs from the pattern in the sign of a zero only

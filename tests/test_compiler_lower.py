@@ -8,9 +8,23 @@ import pytest
 from frontend_refs import our_model
 
 from openlpu.compiler import fast
-from openlpu.compiler.chipgraph import Chain, ChipGraph, InvRms, Matmul, Pair, Receive, RmsNorm, Role, Send, Vxm
+from openlpu.compiler.chipgraph import (
+    Chain,
+    ChipGraph,
+    InvRms,
+    Matmul,
+    Pair,
+    Receive,
+    Ref,
+    RmsNorm,
+    Role,
+    Scatter,
+    Send,
+    Vxm,
+)
 from openlpu.compiler.lower import (
-    MASK_LANE,
+    MASK,
+    MASK_SCORE,
     Dims,
     _Graph,
     check_model,
@@ -86,14 +100,39 @@ def test_kv_expansion_puts_each_kv_head_on_its_query_heads_lanes():
     assert max(len(s) for s in kv_shifts(cfg)) == 3  # KV heads at lanes 0, 128, 192: three terms, not four
 
 
-def test_score_matrix_sums_each_head_and_adds_the_mask_lane_everywhere():
+def test_score_matrix_sums_each_head_into_its_own_lanes():
     dims = Dims(our_model(1).config, 16)
     m = score_matrix(dims).astype(np.float32)
     assert m.shape == (dims.qp, dims.qp)
     products = np.zeros(dims.qp, np.float32)
-    products[:64], products[MASK_LANE] = 1.0, 1.0  # head 0's lanes, and a masked row's lane
+    products[:64], products[64:128], products[dims.qdim:] = 1.0, 2.0, 7.0  # heads 0 and 1, and the padding lanes
     s = products @ m
-    assert s[0] == s[63] == 65 and s[64] == 1 and s[dims.qdim:].max() == 0
+    assert s[0] == s[63] == 64 and s[64] == s[127] == 128 and not s[128:].any()
+
+
+def test_the_decode_mask_hides_the_unwritten_cache_rows_and_each_step_unmasks_its_own():
+    model = our_model(1)
+    dims = Dims(model.config, 16)
+    graph = lower_chip(model, dims, 0, range(1), first=True, last=True)
+    mask = graph.data[MASK]
+    assert graph.tensors[MASK].role is Role.STATE and mask.shape == (16, dims.qp)
+    assert (mask[:, :dims.qdim] == MASK_SCORE).all() and not mask[:, dims.qdim:].any()
+    (unmask,) = [op for op in graph.ops if isinstance(op, Scatter) and op.dst == MASK]
+    assert not graph.data[unmask.src.name].any() and graph.ops.index(unmask) == 0  # first: before any attention
+    env = {name: np.array(v) for name, v in graph.data.items()}
+    env.update(step_inputs(model.config, dims, 5))
+    env["x_in"] = np.zeros((1, dims.dp), np.float32)
+    fast.run(graph, env, slots=8, tiles={})
+    assert not env[MASK][5].any()  # position 5's row; the others as they were
+    assert np.array_equal(np.delete(env[MASK], 5, axis=0), np.delete(mask, 5, axis=0))
+
+
+def test_a_prefill_unmasks_its_rows_for_the_decode_steps_after_it():
+    model = our_model(1)
+    dims = Dims(model.config, 16)
+    graph = lower_chip(model, dims, 0, range(1), first=True, last=True, prompt=5)
+    (unmask,) = [op for op in graph.ops if isinstance(op, Vxm) and op.out.name == MASK]
+    assert unmask.op is Opcode.COPY and unmask.out == Ref(MASK, rows=5) and unmask.ins[0].step == 0
 
 
 def test_step_inputs_carry_rope_rows_with_the_query_scale_and_the_position():
@@ -153,8 +192,8 @@ def test_the_scores_run_on_both_mxms_and_skip_the_head_sum_matrix_tiles_that_are
     (scores,) = [op for op in graph.ops if isinstance(op, Pair) and op.west.w.startswith("scores_ones")]
     assert (scores.west.w, scores.east.w) == ("scores_ones_w", "scores_ones_e")
     assert "qk_hi" in scores.west.a and "qk_lo" in scores.east.a  # the products' hi halves west, lo halves east
-    # [b0 b1] x [n0 n1]: heads stay in their block, but the mask lane (block 1) reaches every head
-    assert scores.west.skip == scores.east.skip == {(0, 1)}
+    # [b0 b1] x [n0 n1]: heads stay in their block
+    assert scores.west.skip == scores.east.skip == {(0, 1), (1, 0)}
 
 
 def test_the_attention_streams_its_dependent_steps_through_the_alu_ranks():
@@ -166,9 +205,12 @@ def test_the_attention_streams_its_dependent_steps_through_the_alu_ranks():
     assert [s.op for s in split.steps] == [Opcode.MUL] + [Opcode.CAST] * 4 + [Opcode.SUB]
     written = {n for n in split.writes() if graph.tensors[n].role is not Role.STREAM}
     assert {graph.tensors[n].dtype for n in written} == {DType.FP16, DType.FP32} and len(written) == 2
-    assert [s.op for s in chains[at + 1].steps] == [Opcode.SUB, Opcode.EXP]
+    # the head sums' halves added, and the mask of the unwritten rows, in one pass
+    assert [s.op for s in chains[at + 1].steps] == [Opcode.ADD, Opcode.ADD]
+    assert chains[at + 1].steps[1].ins[1] == Ref(MASK)
+    assert [s.op for s in chains[at + 2].steps] == [Opcode.SUB, Opcode.EXP]
     # the softmax sum and the weighted sum: each tree level of both in one pass, flowing opposite ways
-    levels = [c for c in chains[at + 2:] if len(c.steps) == 2 and {s.op for s in c.steps} == {Opcode.ADD}]
+    levels = [c for c in chains[at + 3:] if len(c.steps) == 2 and {s.op for s in c.steps} == {Opcode.ADD}]
     assert len(levels) == 4  # log2(16) rows
     assert all(graph.tensors[a.out.name].hemisphere is not graph.tensors[b.out.name].hemisphere
                for a, b in (c.steps for c in levels))

@@ -75,7 +75,7 @@ def test_a_mostly_zero_tile_summed_block_by_block_agrees_bit_for_bit():
     for h in range(5):
         w[64 * h:64 * (h + 1), 64 * h:64 * (h + 1)] = 1
     w[0, 0], w[1, 0], w[2, 1] = 4096, 1, 1
-    w[300, :576] = 1  # a row of ones across many blocks (the mask lane)
+    w[300, :576] = 1  # a row of ones across many blocks
     w64 = w.astype(np.float64)
     blocks = nonzero_blocks(w64)
     assert blocks is not None and len(blocks) < 11
@@ -174,8 +174,8 @@ def test_fp16_widens_by_table_to_the_bits_numpy_gives_every_pattern_nans_include
 
 
 def test_the_attention_head_sum_tile_agrees_with_the_exact_pass_mask_row_included():
-    """The real head-sum matrix's second K tile: four heads' 64 x 64 ones blocks, summed at once, and the mask
-    lane's row of ones across every head, a one-row block; on the exact path and on the certified one."""
+    """A head-sum matrix's second K tile: four heads' 64 x 64 ones blocks, summed at once, and a row of ones
+    across every head (a one-row block: an earlier mask lane); on the exact path and on the certified one."""
     from openlpu.compiler.fast import nonzero_blocks
 
     w = np.zeros((320, 640), np.float16)

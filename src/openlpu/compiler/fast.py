@@ -8,7 +8,7 @@ to the cycle-exact simulation (tests compare them), and its latency is the sched
 
 Rows that are copies of one row are computed once. Every elementwise op and every MXM pass computes each row from
 that row of its inputs alone, so where every input's rows from some row on are bit for bit one row — an unwritten
-KV-cache row (the cache's mask pattern, the same in every such row), a row read again for every row — the
+KV-cache row (zeros) or attention-mask row (the mask, the same in every such row), a row read again for every row — the
 result's rows are too: the fast path computes up to the first of them and copies it on (`Uniform`). A decode
 step's attention then works on the written cache rows and one more, not all of them.
 """
@@ -149,7 +149,7 @@ def nonzero_blocks(w: np.ndarray) -> list[nx.Block] | None:
         cols = np.flatnonzero(row)
         for run in np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1) if len(cols) else []:
             rows, cols = slice(i * SUB, (i + 1) * SUB), slice(int(run[0]) * SUB, (int(run[-1]) + 1) * SUB)
-            if not (w[rows, cols] == 1).all():  # shrunk to its nonzero rows and columns (the mask lane's row)
+            if not (w[rows, cols] == 1).all():  # shrunk to its nonzero rows and columns
                 rows, cols = _tight(w[rows, cols].any(axis=1), rows), _tight(w[rows, cols].any(axis=0), cols)
             blocks.append(nx.Block(rows, cols, bool((w[rows, cols] == 1).all())))
     return blocks

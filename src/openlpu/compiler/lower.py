@@ -26,8 +26,10 @@ row, so the matmul need not wait for the lane reduction that computes it (four S
 The weights hold the model's columns once (no rotated or repeated copies); the cache keeps one row per position
 with the K and V of every *query* head (the expansion above), so every attention vector lines up lane for lane
 with q, and the only operation that mixes lanes is the per-head sum, which the MXM does. Positions past t are
-masked by lane 600 of the cache (1 in an unwritten row, 0 in a written one) times -30000 in q's lane 600: exp of
-such a score is exactly 0. The 1/sqrt(head_dim) scale is folded into q's cos and sin rows (a power of two: exact).
+masked by a per-chip mask (`attention_mask`: -30000 in every score lane of an unwritten row, 0 in a written one;
+each step scatters a zero row at its position), added to the scores in the pass that adds their two halves: exp
+of such a score is exactly 0. A prefill's query attends over its written rows alone and needs no mask. The
+1/sqrt(head_dim) scale is folded into q's cos and sin rows (a power of two: exact).
 
 Precision (fp16, the default): weights fp16, every matmul input rounded to fp16, fp32 accumulation; everything on
 the VXM in fp32; the KV cache in fp32. int8: weights int8 per output column (channel) with fp32 scales; each
@@ -84,8 +86,8 @@ from openlpu.kernels.matmul import zero_tiles
 LANES = 320
 F16, F32, I8, I16, I32 = DType.FP16, DType.FP32, DType.INT8, DType.INT16, DType.INT32
 W, E = Hemisphere.W, Hemisphere.E
-MASK_LANE = 600  # a padding lane of the second block of q and K (576 used lanes)
-MASK_SCORE = -30000.0  # exactly representable in fp16; exp(MASK_SCORE - max) is 0 in fp32
+MASK, MASK_SIDE = "attn_mask", W  # the decode step's mask of unwritten cache rows, one per chip
+MASK_SCORE = -30000.0  # added to the score of an unwritten cache row: exp(score + MASK_SCORE - max) is 0 in fp32
 #: Which hemisphere's MXM holds each of a block's weights, in even blocks of a chip; odd ones mirror it.
 WEIGHT_SIDE = {"qkv": W, "o": E, "g": W, "u": E, "down": E}
 
@@ -138,15 +140,13 @@ def check_model(cfg: LlamaConfig, context: int) -> None:
         problems.append(f"hidden size {cfg.hidden_size} != heads x head_dim")
     if LANES % cfg.head_dim:
         problems.append(f"head_dim {cfg.head_dim} does not divide the {LANES} lanes")
-    if padded(cfg.hidden_size) - cfg.hidden_size < 1 or padded(cfg.hidden_size) <= MASK_LANE:
-        problems.append(f"hidden size {cfg.hidden_size} leaves no padding lane {MASK_LANE} for the causal mask")
     if cfg.n_kv_heads * cfg.head_dim > LANES:
         problems.append(f"{cfg.n_kv_heads} KV heads of {cfg.head_dim} lanes do not fit one {LANES}-lane block")
     elif not problems and max(len(s) for s in kv_shifts(cfg)) > MAX_TERMS:
         problems.append(f"a block of query heads draws on its KV heads at more than {MAX_TERMS} lane shifts")
     if problems:
-        raise ConfigError("the chip lowering supports llama models whose heads tile the 320 lanes and leave a "
-                          "padding lane: " + "; ".join(problems))
+        raise ConfigError("the chip lowering supports llama models whose heads tile the 320 lanes: " +
+                          "; ".join(problems))
     if context < 2 or context % 2 or context > 8192:
         raise ConfigError(f"context {context}: the compiled context must be an even number from 2 to 8192 "
                           "(the scores' MXM passes write their rows in pairs)")
@@ -235,13 +235,13 @@ def head_weights(model: GGUFModel, dims: Dims, dtype: str = "fp16") -> dict[str,
 
 
 def score_matrix(dims: Dims) -> np.ndarray:
-    """[qp, qp] fp16: 1 where row and column are lanes of one head, and the mask lane's row 1 on every used
-    column. Each hemisphere holds a copy (`scores_ones_w` sums the products' lo halves, `_e` the hi halves)."""
+    """[qp, qp] fp16: 1 where row and column are lanes of one head (heads never cross a 320-lane block, so the
+    tiles between blocks are all zero and skipped). Each hemisphere holds a copy (`scores_ones_w` sums the
+    products' lo halves, `_e` the hi halves)."""
     cfg, qp = dims.cfg, dims.qp
     lane = np.arange(qp)
     used = lane < dims.qdim
     same = (lane[:, None] // cfg.head_dim == lane[None, :] // cfg.head_dim) & used[:, None] & used[None, :]
-    same[MASK_LANE] = used
     return same.astype(np.float16)
 
 
@@ -251,11 +251,12 @@ def _score_skip(dims: Dims) -> frozenset[tuple[int, int]]:
     return zero_tiles(score_matrix(dims))
 
 
-def mask_row(dims: Dims) -> np.ndarray:
-    """Added to q: MASK_SCORE in the mask lane, 0 elsewhere."""
-    row = np.zeros((1, dims.qp), np.float32)
-    row[0, MASK_LANE] = MASK_SCORE
-    return row
+def attention_mask(dims: Dims) -> np.ndarray:
+    """The decode step's mask as loaded: [context, qp], MASK_SCORE in every score lane of every row (no cache row
+    written yet); each step zeroes the row of its position, so the written rows add 0 to their scores."""
+    mask = np.zeros((dims.context, dims.qp), np.float32)
+    mask[:, :dims.qdim] = MASK_SCORE
+    return mask
 
 
 ROPE_INPUTS = ("cos", "sin_neg", "sin_pos")
@@ -538,16 +539,13 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
     p = f"l{i}_"
     wt = {name: _weight(g, p + name, ws, name, side) for name, side in layer_sides(k).items()}
     norms = {n: g.tensor(p + n, F32, 1, dims.dp, E, Role.CONST, ws[n]) for n in ("attn_norm", "ffn_norm")}
-    k_init = np.zeros((t_rows, dims.qp), np.float32)
-    k_init[:, MASK_LANE] = 1.0
-    kc = g.tensor(p + "k_cache", F32, t_rows, dims.qp, E, Role.STATE, k_init)
+    kc = g.tensor(p + "k_cache", F32, t_rows, dims.qp, E, Role.STATE, np.zeros((t_rows, dims.qp), np.float32))
     vc = g.tensor(p + "v_cache", F32, t_rows, dims.qp, W, Role.STATE, np.zeros((t_rows, dims.qp), np.float32))
 
     x = g.ensure(x, W)
     (qkv,) = _normed(g, x, norms["attn_norm"], [wt["qkv"]], dims, p + "qkv")
     r = g.lane_mix(qkv, list(rope_terms(cfg, g.side(qkv))), p + "rope")
-    qmask = _const(g, "qmask", g.side(r), mask_row(dims))
-    q = g.vxm(Opcode.ADD, F32, [Ref(r.name, 0, qb), Ref(qmask, rows=rows, step=0)], p + "q")
+    q = Ref(r.name, 0, qb)
     kv = g.temp(p + "kv", F32, rows, 2 * qb, other(g.side(r)))  # [K | V] per query head
     for block, shifts in enumerate(kv_shifts(cfg)):
         terms = [(shift, _const(g, f"kv_mask{block}_{shift % LANES}", g.side(r), row))
@@ -557,16 +555,17 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
     if prompt is None:
         g.ops.append(Scatter(g.ensure(k_new, W), kc.name, "pos_w"))
         g.ops.append(Scatter(g.ensure(v_new, E), vc.name, "pos_e"))
-        o = _attend(g, dims, p, Ref(kc.name), Ref(vc.name), Ref(q.name, rows=t_rows, step=0))
+        o = _attend(g, dims, p, Ref(kc.name), Ref(vc.name), replace(q, rows=t_rows, step=0), Ref(MASK))
     else:
         k_new, v_new = g.ensure(k_new, W), g.ensure(v_new, E)
         o = None
         for j in range(prompt):  # the cache fills row by row, so each query sees exactly the rows before it
             g.vxm(Opcode.COPY, F32, [replace(k_new, row0=j, rows=1)], "", out=Ref(kc.name, row0=j, rows=1))
             g.vxm(Opcode.COPY, F32, [replace(v_new, row0=j, rows=1)], "", out=Ref(vc.name, row0=j, rows=1))
-            n = j + 2 - j % 2  # rows 0..j, and the unwritten row j + 1 when j + 1 is odd (the scores' rows pair up)
-            oj = _attend(g, dims, f"{p}q{j}_", Ref(kc.name, rows=n), Ref(vc.name, rows=n),
-                         Ref(q.name, row0=j, rows=n, step=0))
+            n = j + 2 - j % 2  # rows 0..j, and the unwritten row j + 1 when j + 1 is odd (the scores' MXM passes
+            # multiply rows in pairs); the softmax takes rows 0..j alone
+            oj = _attend(g, dims, f"{p}q{j}_", Ref(kc.name, rows=n), Ref(vc.name, rows=j + 1),
+                         replace(q, row0=j, rows=n, step=0))
             if o is None:
                 o = g.tensor(p + "o_rows", F32, prompt, dims.qp, other(g.side(oj)), Role.ACT)
             oj = g.ensure(oj, other(g.side(o)))  # the trees' depth (so the side they end on) varies with n
@@ -582,6 +581,18 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
     return g.vxm(Opcode.ADD, F32, [down, x], p + "x")
 
 
+def _unmask(g: _Graph, dims: Dims, prompt: int | None) -> None:
+    """The chip's attention mask (`attention_mask`), with this step's rows unmasked: the decode step's position
+    (a scatter of a zero row), or a prefill's positions 0..prompt-1 for the decode steps after it (its own
+    queries attend over the written rows alone and need no mask)."""
+    g.tensor(MASK, F32, dims.context, dims.qp, MASK_SIDE, Role.STATE, attention_mask(dims))
+    zero = _const(g, "zero_row", other(MASK_SIDE), np.zeros((1, dims.qp), np.float32))
+    if prompt is None:
+        g.ops.append(Scatter(Ref(zero), MASK, f"pos_{other(MASK_SIDE).value}"))
+    else:
+        g.vxm(Opcode.COPY, F32, [Ref(zero, rows=prompt, step=0)], "", out=Ref(MASK, rows=prompt))
+
+
 def _const(g: _Graph, stem: str, side: Hemisphere, row: np.ndarray) -> str:
     """A constant row on `side`, declared once per chip and shared by its blocks."""
     name = f"{stem}_{side.value}"
@@ -590,18 +601,27 @@ def _const(g: _Graph, stem: str, side: Hemisphere, row: np.ndarray) -> str:
     return name
 
 
-def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref) -> Ref:
-    """One query's attention over the cache rows `kc` / `vc` (an even number of them), q broadcast to each:
-    returns its output row."""
-    rows, _ = g.shape(kc)
+def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref, mask: Ref | None = None) -> Ref:
+    """One query's attention over the cache rows `vc` names, q broadcast to each, `mask` (if any) added to the
+    scores: returns its output row. `kc` names an even number of rows (the scores' MXM passes multiply rows in
+    pairs): vc's, or one more, whose score the softmax leaves out."""
+    rows, _ = g.shape(vc)
     # scores: K * q on the VXM, split into fp16 hi + lo, summed per head on both MXMs
     hi, rest = _split_products(g, kc, q, p + "qk")
     lo = g.vxm(Opcode.CAST, F32, [rest], p + "qk_lo", to=F16)
     halves = g.pair({g.side(hi): (hi, f"scores_ones_{g.side(hi).value}"),
                      g.side(lo): (lo, f"scores_ones_{g.side(lo).value}")}, p + "scores", skip=_score_skip(dims))
     # lo's sum first: the scores land beside hi's (the side with room next to the cache's other half)
-    scores = g.vxm(Opcode.ADD, F32, [halves[g.side(lo)], halves[g.side(hi)]], p + "scores", interleave=2)
-    top = g.tree(Opcode.MAX, scores, p + "max")
+    sums = [Ref(halves[g.side(lo)].name, rows=rows), Ref(halves[g.side(hi)].name, rows=rows)]
+    if mask is None:
+        scores = g.vxm(Opcode.ADD, F32, sums, p + "scores", interleave=2)
+    else:  # one pass: the sum flows on to the mask's add
+        blocks, there = g.shape(sums[0])[1], other(g.side(lo))  # where the add alone would land
+        total = g.temp(p + "unmasked", F32, rows, blocks, there, role=Role.STREAM)
+        scores = g.temp(p + "scores", F32, rows, blocks, there, interleave=2)
+        g.ops.append(Chain((Vxm(Opcode.ADD, F32, tuple(sums), total), Vxm(Opcode.ADD, F32, (total, mask), scores))))
+    # one row (a prefill's first query): its own max, copied apart (one slice cannot feed both operands)
+    top = g.tree(Opcode.MAX, scores, p + "max") if rows > 1 else g.vxm(Opcode.COPY, F32, [scores], p + "max")
     _, blocks = g.shape(scores)
     there = other(g.side(scores))  # exp(scores - max) in one pass: the difference only flows to the exp
     shifted = g.temp(p + "shifted", F32, rows, blocks, there, role=Role.STREAM)
@@ -700,6 +720,8 @@ def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first
     x = g.tensor("x_in", F32, rows, dims.dp, W, Role.INPUT if first else Role.ACT)
     if not first:
         g.ops.append(Receive(x.name))
+    if len(layers):
+        _unmask(g, dims, prompt)
     for k, i in enumerate(layers):
         x = _layer(g, dims, model, i, k, x, prompt, dtype)
     if last:
