@@ -208,12 +208,15 @@ def test_the_attention_streams_its_dependent_steps_through_the_alu_ranks():
     # the head sums' halves added, and the mask of the unwritten rows, in one pass
     assert [s.op for s in chains[at + 1].steps] == [Opcode.ADD, Opcode.ADD]
     assert chains[at + 1].steps[1].ins[1] == Ref(MASK)
-    assert [s.op for s in chains[at + 2].steps] == [Opcode.SUB, Opcode.EXP]
-    # the softmax sum and the weighted sum: each tree level of both in one pass, flowing opposite ways
+    # exp(s - m), and e times the V rows on the next rank: one pass, both written
+    exp = chains[at + 2]
+    assert [s.op for s in exp.steps] == [Opcode.SUB, Opcode.EXP, Opcode.MUL] and exp.steps[2].ins[0] == exp.steps[1].out
+    assert [graph.tensors[s.out.name].role for s in exp.steps] == [Role.STREAM, Role.ACT, Role.ACT]
+    # the softmax sum and the weighted sum: each tree level of both in one pass
     levels = [c for c in chains[at + 3:] if len(c.steps) == 2 and {s.op for s in c.steps} == {Opcode.ADD}]
     assert len(levels) == 4  # log2(16) rows
-    assert all(graph.tensors[a.out.name].hemisphere is not graph.tensors[b.out.name].hemisphere
-               for a, b in (c.steps for c in levels))
+    assert all(a.out.name.startswith("l0_sum") and b.out.name.startswith("l0_o_sum") for a, b in
+               (c.steps for c in levels))
 
 
 @pytest.mark.parametrize("rows", [5, 6, 7])

@@ -13,9 +13,10 @@ One decode step (one token at position t against a KV cache of `context` rows) b
     s   = rowsum64(K * q)                                scores: products on the VXM split hi + lo in fp16 in
                                                           the same pass through the ALU ranks (a Chain), summed
                                                           per head by a 0/1 matrix on both MXMs at once (hi
-                                                          west, lo east: a Pair), then hi + lo on the VXM
-    p   = exp(s - max_rows s);  o = sum_rows(p * V) / sum_rows(p)     trees over rows on the VXM (exp(s - m): one
-                                                          Chain; each level of the two sums: one Chain)
+                                                          west, lo east: a Pair), then hi + lo + the mask of
+                                                          unwritten rows on the VXM (one Chain)
+    p   = exp(s - max_rows s);  o = sum_rows(p * V) / sum_rows(p)     trees over rows on the VXM (exp(s - m) and
+                                                          p * V: one Chain; each level of the two sums: one)
     x  += fp16(o) @ Wo;  x += fp16(silu(g) * u) @ Wd  with g, u = n2 * (fp16(x * ffn_norm) @ Wg, @ Wu) on the
                                                           two MXMs at once (a Pair: Wg and Wu sit on opposite
                                                           sides), n2 this x's inverse rms
@@ -623,12 +624,15 @@ def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref, mask: Ref |
     # one row (a prefill's first query): its own max, copied apart (one slice cannot feed both operands)
     top = g.tree(Opcode.MAX, scores, p + "max") if rows > 1 else g.vxm(Opcode.COPY, F32, [scores], p + "max")
     _, blocks = g.shape(scores)
-    there = other(g.side(scores))  # exp(scores - max) in one pass: the difference only flows to the exp
+    # exp(scores - max) and its products with the V rows in one pass: the difference flows to the exp, e to the
+    # product; both written beside the scores (the other hemisphere has no room for both)
+    there = g.side(scores)
     shifted = g.temp(p + "shifted", F32, rows, blocks, there, role=Role.STREAM)
     e = g.temp(p + "exp", F32, rows, blocks, there, interleave=2)
+    weighted = g.temp(p + "pv", F32, rows, blocks, there, interleave=2)
     g.ops.append(Chain((Vxm(Opcode.SUB, F32, (scores, _broadcast(top, rows)), shifted),
-                        Vxm(Opcode.EXP, F32, (shifted,), e))))
-    weighted = g.vxm(Opcode.MUL, F32, [e, vc], p + "pv", interleave=2)
+                        Vxm(Opcode.EXP, F32, (shifted,), e),
+                        Vxm(Opcode.MUL, F32, (e, vc), weighted))))
     total, o = g.trees(Opcode.ADD, [e, weighted], [p + "sum", p + "o_sum"])
     return g.vxm(Opcode.MUL, F32, [o, g.vxm(Opcode.RECIP, F32, [total], p + "inv_sum")], p + "o")
 
