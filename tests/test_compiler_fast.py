@@ -155,3 +155,28 @@ def test_rows_that_copy_one_row_are_computed_once_and_give_every_row_s_own_bits(
     fast.run(graph, env, slots=8, tiles={})
     for name in ("prod", "hi", "s", "pairs", "o", "e"):
         assert env[name].tobytes() == expect[name].tobytes(), name
+
+
+def test_views_kept_from_run_to_run_see_each_run_s_values():
+    """A session keeps the fast path's views between steps: a tensor's array stays the same (a matmul's product
+    included), so its views are reused, and an input the host replaces gets a view of the new array."""
+    rows = 16
+    graph = _attention_like_graph(rows)
+    rng = np.random.default_rng(11)
+    env = {name: np.zeros((d.rows, d.cols), d.dtype.numpy) for name, d in graph.tensors.items()}
+    env["ones"][:64, :64] = 1
+    views: fast.Views = {}
+    written_by = {op.out.name: op.out for op in graph.ops if isinstance(op, Vxm)}
+    first = None
+    for step in range(3):
+        env["kc"][step] = rng.standard_normal(2 * LANES).astype(np.float32)  # the cache fills in place
+        env["q"] = rng.standard_normal((1, 2 * LANES)).astype(np.float32)  # the host's new row
+        expect = _run_every_row(graph, env)
+        fast.run(graph, env, slots=8, tiles={}, views=views)
+        for name in ("prod", "hi", "s", "pairs", "o", "e"):
+            assert env[name].tobytes() == expect[name].tobytes(), (step, name)
+        kept = (views[(id(written_by["prod"]), True)][2], env["s"])
+        first = first or kept
+        assert kept[0] is first[0] and kept[1] is first[1]  # the same view, the same product array
+        (q_ref,) = [r for op in graph.ops if isinstance(op, Vxm) for r in op.ins if r.name == "q"]
+        assert views[(id(q_ref), False)][1] is env["q"]

@@ -49,6 +49,10 @@ UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RE
          Opcode.SIGMOID, Opcode.SILU}
 Tiles = dict[tuple[str, int], tuple | np.ndarray]  # per weight K tile: fp16 (fp64 values, column norms, nonzero
 # blocks or None, exact_below), int8 fp32 values
+Views = dict[tuple[int, bool], tuple[Ref, np.ndarray, np.ndarray]]
+"""Per Ref of a graph (by identity) and direction: the Ref, the array and the view of it `view` made, kept for a
+session: a tensor's array stays the same from step to step (every op writes into the array that holds it), so a
+step reuses the views of the step before instead of building each anew (~5,000 per SmolLM2 step)."""
 Uniform = dict[str, int]
 """Per tensor: the row u from which on every row is bit for bit row u (absent: not known). Kept for one run: set
 by the ops that compute a whole tensor, found by a scan for a STATE tensor (the KV cache), moved past the last row
@@ -75,6 +79,18 @@ def view(t: TensorDef, ref: Ref, arr: np.ndarray, *, write: bool = False) -> np.
                      strides=(ref.block_step * LANES * item, ref.step * t.cols * item, item))
     if not write:
         out.flags.writeable = False
+    return out
+
+
+def cached_view(t: TensorDef, ref: Ref, arr: np.ndarray, views: Views, *, write: bool = False) -> np.ndarray:
+    """`view`, from `views` when it holds this Ref's view of this very array."""
+    key = (id(ref), write)
+    hit = views.get(key)
+    if hit is not None and hit[0] is ref and hit[1] is arr:
+        return hit[2]
+    out = view(t, ref, arr, write=write)
+    if arr.flags.c_contiguous:  # else `view` read a copy, which the next step's values would not reach
+        views[key] = (ref, arr, out)
     return out
 
 
@@ -178,14 +194,16 @@ def _store(tensors: dict[str, TensorDef], env: dict[str, np.ndarray], ref: Ref, 
 
 
 def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tiles,
-        received: list[np.ndarray] | None = None) -> list[np.ndarray]:
-    """Run `graph` on `env` (every tensor by name, updated in place). Returns what the chip sends."""
+        received: list[np.ndarray] | None = None, views: Views | None = None) -> list[np.ndarray]:
+    """Run `graph` on `env` (every tensor by name, updated in place). Returns what the chip sends. `views`: kept
+    from run to run on the same env (default: none kept)."""
     tensors, sent, uniform = graph.tensors, [], {}
+    views = {} if views is None else views
     for op in graph.ops:
         found: set[str] = set()  # the written tensors whose uniform row this op set
         if isinstance(op, Vxm | Chain):  # a chain's steps in order: what flows on its streams is what they compute
             for step in op.steps if isinstance(op, Chain) else (op,):
-                _vxm_step(step, tensors, env, uniform)
+                _vxm_step(step, tensors, env, uniform, views)
                 found.add(step.out.name)
         elif isinstance(op, LaneMix):
             terms = [(r, take(tensors[m.name], m, env[m.name])) for r, m in op.terms]
@@ -223,11 +241,12 @@ def run(graph: ChipGraph, env: dict[str, np.ndarray], *, slots: int, tiles: Tile
     return sent
 
 
-def _vxm_step(step: Vxm, tensors: dict[str, TensorDef], env: dict[str, np.ndarray], uniform: Uniform) -> None:
+def _vxm_step(step: Vxm, tensors: dict[str, TensorDef], env: dict[str, np.ndarray], uniform: Uniform,
+              views: Views) -> None:
     """One VXM op on its trains: on the rows up to the first of the uniform rows all its inputs share (that row
     copied on), when there are such rows and the output's vectors line up with the inputs'."""
-    args = [view(tensors[r.name], r, env[r.name]) for r in step.ins]
-    out = view(tensors[step.out.name], step.out, _held(tensors, env, step.out.name), write=True)
+    args = [cached_view(tensors[r.name], r, env[r.name], views) for r in step.ins]
+    out = cached_view(tensors[step.out.name], step.out, _held(tensors, env, step.out.name), views, write=True)
     rows = args[0].shape[1]
     aligned = all(a.shape == out.shape for a in args)  # else trains of one length, cut into blocks differently
     u = max(_uniform_in(tensors[r.name], r, rows, env, uniform) for r in step.ins) if aligned else rows
@@ -293,14 +312,13 @@ def _matmul_rows(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.nd
     """`_matmul` into env, on the rows of `a` up to its uniform row (that row's product copied on)."""
     rows = env[op.a].shape[0]
     u = uniform.get(op.a, rows)
+    c = _held(tensors, env, op.c)  # the same array every step, so that views of it can be kept
     if u >= rows - 1:
-        env[op.c] = _matmul(op, tensors, env, slots, tiles)
+        c[...] = _matmul(op, tensors, env, slots, tiles)
         return
     part = _matmul(op, tensors, env, slots, tiles, rows=u + 1)
-    c = np.empty((rows, part.shape[1]), part.dtype)
     c[:u + 1] = part
     c[u + 1:] = part[u]
-    env[op.c] = c
     uniform[op.c] = u
 
 

@@ -44,6 +44,7 @@ class Session:
     fidelity: Fidelity
     state: list[dict[str, np.ndarray]] = field(default_factory=list)  # per chip: every tensor kept across steps
     tiles: fast.Tiles = field(default_factory=dict)  # weight tiles prepared for the fast path, per session
+    views: fast.Views = field(default_factory=dict)  # the fast path's views of the state's arrays
 
     def __post_init__(self) -> None:
         self.reset()
@@ -51,6 +52,7 @@ class Session:
     def reset(self) -> None:
         """Forget the conversation: every chip's SRAM as loaded (weights, constants, empty KV cache)."""
         self.state = [{name: np.array(v) for name, v in g.data.items()} for g in self.compiled.graphs]
+        self.views.clear()
 
     def inputs(self, token_id: int, position: int) -> list[dict[str, np.ndarray]]:
         """What the host writes into each chip before a decode step."""
@@ -106,6 +108,7 @@ class Session:
         for g, env in zip(self.compiled.graphs, self.state):
             for name in [n for n in env if n not in g.tensors]:
                 del env[name]
+        self.views.clear()  # they hold the prefill's arrays and operations
 
     def _logits(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         vocab = self.compiled.config.vocab_size
@@ -122,7 +125,7 @@ class Session:
         slots = self.compiled.chip.mxm.accumulator_vectors
         for g, env, given in zip(graphs, self.state, inputs):
             env.update(given)
-            sent = fast.run(g, env, slots=slots, tiles=self.tiles, received=sent)
+            sent = fast.run(g, env, slots=slots, tiles=self.tiles, received=sent, views=self.views)
         return self.state[-1]
 
     def _cycle(self, graphs: tuple[ChipGraph, ...], scheduled: tuple[Scheduled, ...], cycles: int,
