@@ -12,6 +12,7 @@ from openlpu.compiler.chipgraph import (
     Chain,
     ChipGraph,
     InvRms,
+    LaneMix,
     Matmul,
     Pair,
     Receive,
@@ -239,12 +240,13 @@ def test_a_tree_level_of_odd_rows_carries_the_last_row_as_padding_would(rows):
 
 
 def test_a_blocks_norms_scale_the_products_of_the_matmuls_after_them():
-    """rmsnorm(x, w) @ W as n * (fp16(x * w) @ W): the matmul reads x * w, not a normalised row, and its product
-    is scaled by the norm's inverse rms (one row per row of x, every block of the product by that one row)."""
+    """rmsnorm(x, w) @ W as n * (fp16(x * w) @ W): the matmul reads x * w, not a normalised row, and n, the norm's
+    inverse rms (one row per row of x), scales what comes after it: the gate's and up's products, and q, K and V
+    after RoPE and the KV heads' expansion (both linear)."""
     model = our_model(1)
     graph = lower_chip(model, Dims(model.config, 16), 0, range(1), first=True, last=True)
     norms = [op for op in graph.ops if isinstance(op, InvRms)]
-    assert [op.x for op in norms] == ["x_in", "l0_x_att_40"] and all(op.n == 576 for op in norms)
+    assert norms[0].x == "x_in" and norms[1].x.startswith("l0_x_att") and all(op.n == 576 for op in norms)
     (final,) = [op for op in graph.ops if isinstance(op, RmsNorm)]  # the head's norm stays whole
     assert final.y == "final"
     producer = {name: op for op in graph.ops for name in op.writes()}
@@ -257,20 +259,23 @@ def test_a_blocks_norms_scale_the_products_of_the_matmuls_after_them():
             name = steps[name].ins[0].name
         return steps[name]
 
+    matmuls = {m.w: m for op in graph.ops for m in ((op.west, op.east) if isinstance(op, Pair) else (op,))
+               if isinstance(m, Matmul)}
     for norm, w_norm, weights in zip(norms, ("l0_attn_norm", "l0_ffn_norm"), (["l0_qkv"], ["l0_g", "l0_u"])):
-        scaled = [op for op in graph.ops if isinstance(op, Vxm) and op.op is Opcode.MUL
-                  and op.ins[1].name == norm.y]
-        assert len(scaled) == len(weights)
-        for op, w in zip(scaled, weights):
-            assert op.ins[1].block_step == 0 and op.ins[1].blocks == graph.tensors[op.out.name].blocks
-            mm = producer[op.ins[0].name]
-            mm = mm.west if isinstance(mm, Pair) and mm.west.c == op.ins[0].name else \
-                mm.east if isinstance(mm, Pair) else mm
-            assert isinstance(mm, Matmul) and mm.w == w
-            # the matmul's input: fp16(x * w) (perhaps copied across), never the norm's output
+        for w in weights:  # the matmul's input: fp16(x * w) (perhaps copied across), never the norm's output
+            mm = matmuls[w]
             assert steps[mm.a].op is Opcode.COPY or steps[mm.a].to is DType.FP16
             xw = origin(mm.a)
             assert xw.op is Opcode.MUL and [r.name for r in xw.ins] == [w_norm, norm.x]
+        scaled = [s for s in steps.values() if s.op is Opcode.MUL and norm.y in {r.name for r in s.ins}]
+        for s in scaled:
+            (by_row,) = [r for r in s.ins if r.name == norm.y]
+            assert by_row.block_step == 0 and by_row.blocks == graph.tensors[s.out.name].blocks
+        inputs = sorted(r.name for s in scaled for r in s.ins if r.name != norm.y)
+        if w_norm == "l0_ffn_norm":  # the gate's and up's products themselves
+            assert inputs == sorted(matmuls[w].c for w in weights)
+        else:  # q after RoPE; K and V after the expansion of the KV heads
+            assert len(inputs) == 3 and all(isinstance(producer[name], LaneMix) for name in inputs)
 
 
 def test_runs_of_vxm_operations_whose_results_nothing_else_reads_become_chains():

@@ -3,13 +3,14 @@
 One decode step (one token at position t against a KV cache of `context` rows) becomes, per block:
 
     n   = rsqrt(mean(x^2) + eps)                         InvRms (x west, n east): the norm's lane reduction,
-                                                          beside the matmul, whose product it then scales
-    qkv = n * (fp16(x * attn_norm) @ [Wq | Wk | Wv])     one MXM matmul, fp32 out (q: its heads' blocks; k, v: one
+                                                          beside the matmul and RoPE, whose results it scales
+    qkv = fp16(x * attn_norm) @ [Wq | Wk | Wv]           one MXM matmul, fp32 out (q: its heads' blocks; k, v: one
                                                           block each, the KV heads side by side)
     r   = qkv * cos + rot(qkv, -dh/2) * sin_neg          RoPE in one LaneMix: rotate_half as two SXM lane rotations,
           + rot(qkv, +dh/2) * sin_pos                     the signs and the halves in the host's sin rows (v: cos 1)
     kx  = sum_s mask_s * rot(r[k, v], s)                 LaneMix: each KV head copied to the lanes of its query heads
-    K[t], V[t] = kx[k], kx[v]                            scatters at the host-given position
+    q = n * r[q];  K[t], V[t] = n * kx[k], n * kx[v]     the norm's scaling (RoPE and the expansion are linear);
+                                                          scatters at the host-given position
     s   = rowsum64(K * q)                                scores: products on the VXM split hi + lo in fp16 in
                                                           the same pass through the ALU ranks (a Chain), summed
                                                           per head by a 0/1 matrix on both MXMs at once (hi
@@ -22,7 +23,8 @@ One decode step (one token at position t against a KV cache of `context` rows) b
                                                           sides), n2 this x's inverse rms
 
 A norm followed by a matmul is computed as rmsnorm(x, w) @ W = n * ((x * w) @ W) (`_normed`): n is a scalar per
-row, so the matmul need not wait for the lane reduction that computes it (four SXM round trips).
+row, so the matmul need not wait for the lane reduction that computes it (four SXM round trips); in attention
+the scaling waits past RoPE and the KV heads' expansion too.
 
 The weights hold the model's columns once (no rotated or repeated copies); the cache keeps one row per position
 with the K and V of every *query* head (the expansion above), so every attention vector lines up lane for lane
@@ -544,21 +546,21 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
     vc = g.tensor(p + "v_cache", F32, t_rows, dims.qp, W, Role.STATE, np.zeros((t_rows, dims.qp), np.float32))
 
     x = g.ensure(x, W)
-    (qkv,) = _normed(g, x, norms["attn_norm"], [wt["qkv"]], dims, p + "qkv")
+    (qkv,), n = _unscaled(g, x, norms["attn_norm"], [wt["qkv"]], dims, p + "qkv")
     r = g.lane_mix(qkv, list(rope_terms(cfg, g.side(qkv))), p + "rope")
-    q = Ref(r.name, 0, qb)
+    q = _scaled(g, Ref(r.name, 0, qb), n, p + "q")
     kv = g.temp(p + "kv", F32, rows, 2 * qb, other(g.side(r)))  # [K | V] per query head
     for block, shifts in enumerate(kv_shifts(cfg)):
         terms = [(shift, _const(g, f"kv_mask{block}_{shift % LANES}", g.side(r), row))
                  for shift, row in shifts.items()]
         g.lane_mix(Ref(r.name, qb, 2), terms, "", out=Ref(kv.name, block, 2, block_step=qb))
-    k_new, v_new = Ref(kv.name, 0, qb), Ref(kv.name, qb, qb)
+    # the norm's scaling, after RoPE and the heads' expansion (both linear), on the way to the scatters' sides
+    k_new, v_new = _scaled(g, Ref(kv.name, 0, qb), n, p + "k", W), _scaled(g, Ref(kv.name, qb, qb), n, p + "v", E)
     if prompt is None:
-        g.ops.append(Scatter(g.ensure(k_new, W), kc.name, "pos_w"))
-        g.ops.append(Scatter(g.ensure(v_new, E), vc.name, "pos_e"))
+        g.ops.append(Scatter(k_new, kc.name, "pos_w"))
+        g.ops.append(Scatter(v_new, vc.name, "pos_e"))
         o = _attend(g, dims, p, Ref(kc.name), Ref(vc.name), replace(q, rows=t_rows, step=0), Ref(MASK))
     else:
-        k_new, v_new = g.ensure(k_new, W), g.ensure(v_new, E)
         o = None
         for j in range(prompt):  # the cache fills row by row, so each query sees exactly the rows before it
             g.vxm(Opcode.COPY, F32, [replace(k_new, row0=j, rows=1)], "", out=Ref(kc.name, row0=j, rows=1))
@@ -666,6 +668,20 @@ def _broadcast(row: Ref, rows: int) -> Ref:
 
 
 def _normed(g: _Graph, x: Ref, w: Ref, weights: list[Ref], dims: Dims, stem: str) -> list[Ref]:
+    products, r = _unscaled(g, x, w, weights, dims, stem)
+    return [_scaled(g, c, r, stem) for c in products]
+
+
+def _scaled(g: _Graph, c: Ref, r: Ref, stem: str, to: Hemisphere | None = None) -> Ref:
+    """c's rows times r's (one row of r per row of c, every block of c times that row); in hemisphere `to` if
+    given (the product lands opposite its first operand: c's side or r's, whichever puts it there)."""
+    by_row = Ref(r.name, blocks=g.shape(c)[1], block_step=0)
+    ins = [by_row, c] if to is not None and g.side(c) is to else [c, by_row]
+    out = g.vxm(Opcode.MUL, F32, ins, stem)
+    return out if to is None else g.ensure(out, to)
+
+
+def _unscaled(g: _Graph, x: Ref, w: Ref, weights: list[Ref], dims: Dims, stem: str) -> tuple[list[Ref], Ref]:
     """rmsnorm(x, w) times one weight, or two side by side (a Pair), with the norm's scaling moved past the
     matmul: rmsnorm(x, w) @ W = r * ((x * w) @ W), r = rsqrt(mean(x^2) + eps) a scalar per row. So the matmul of
     x * w runs while the SXM's lane reduction computes r (`InvRms`), and each product is then scaled by r."""
@@ -681,7 +697,7 @@ def _normed(g: _Graph, x: Ref, w: Ref, weights: list[Ref], dims: Dims, stem: str
         products = [g.project(xw, weights[0], stem + "_xwW")]
     else:
         products = list(g.project_pair(xw, weights[0], weights[1], stem + "_xwW"))
-    return [g.vxm(Opcode.MUL, F32, [c, Ref(r.name, blocks=g.shape(c)[1], block_step=0)], stem) for c in products]
+    return products, r
 
 
 def _rmsnorm(g: _Graph, x: Ref, w: Ref, dims: Dims, stem: str) -> Ref:
