@@ -96,3 +96,16 @@ def test_a_pairs_two_matmuls_run_at_once_so_it_takes_as_long_as_the_longer_one(m
         alone = [emit_matmul(ProgramBuilder(CHIP, "alone"), *(placed[n] for n in (m.a, m.w, m.c)), start,
                              skip=m.skip) - start for m in (op.west, op.east)]
         assert done - start == max(alone) < sum(alone), op
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dtype", "chips"), [("fp16", 2), ("int8", 1)])
+def test_the_main_job_fits_the_chips_its_weights_need(dtype, chips, monkeypatch):
+    """What `openlpu generate` compiles by default — SmolLM2, the 36-token chat prompt's prefill, context 96 —
+    on the chips the weights alone need (2 in fp16, 1 in int8): the prefill's and the decode step's activations
+    fit beside them and take no chip more."""
+    monkeypatch.setenv("OPENLPU_NO_CACHE", "1")
+    model = our_model(None)
+    assert len(split_layers(model, Dims(model.config, 96), CHIP, dtype=dtype)) == chips
+    c = compile_model(model, CHIP, dtype=dtype, context=96, prompt=36, programs=False)
+    assert c.chips == chips and c.prefill is not None

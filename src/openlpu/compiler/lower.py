@@ -626,15 +626,21 @@ def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref, mask: Ref |
     # one row (a prefill's first query): its own max, copied apart (one slice cannot feed both operands)
     top = g.tree(Opcode.MAX, scores, p + "max") if rows > 1 else g.vxm(Opcode.COPY, F32, [scores], p + "max")
     _, blocks = g.shape(scores)
-    # exp(scores - max) and its products with the V rows in one pass: the difference flows to the exp, e to the
-    # product; both written beside the scores (the other hemisphere has no room for both)
-    there = g.side(scores)
+    # exp(scores - max) in one pass: the difference flows to the exp. In a decode step e flows on to its
+    # products with the V rows (the next rank), both written beside the scores: the other hemisphere has no room
+    # for both. A prefill query writes e across and multiplies in a train of its own: with the queries around
+    # it, neither hemisphere has room for both.
+    fused = mask is not None
+    there = g.side(scores) if fused else other(g.side(scores))
     shifted = g.temp(p + "shifted", F32, rows, blocks, there, role=Role.STREAM)
     e = g.temp(p + "exp", F32, rows, blocks, there, interleave=2)
-    weighted = g.temp(p + "pv", F32, rows, blocks, there, interleave=2)
-    g.ops.append(Chain((Vxm(Opcode.SUB, F32, (scores, _broadcast(top, rows)), shifted),
-                        Vxm(Opcode.EXP, F32, (shifted,), e),
-                        Vxm(Opcode.MUL, F32, (e, vc), weighted))))
+    steps = [Vxm(Opcode.SUB, F32, (scores, _broadcast(top, rows)), shifted), Vxm(Opcode.EXP, F32, (shifted,), e)]
+    if fused:
+        weighted = g.temp(p + "pv", F32, rows, blocks, there, interleave=2)
+        steps.append(Vxm(Opcode.MUL, F32, (e, vc), weighted))
+    g.ops.append(Chain(tuple(steps)))
+    if not fused:
+        weighted = g.vxm(Opcode.MUL, F32, [e, vc], p + "pv", interleave=2)
     total, o = g.trees(Opcode.ADD, [e, weighted], [p + "sum", p + "o_sum"])
     return g.vxm(Opcode.MUL, F32, [o, g.vxm(Opcode.RECIP, F32, [total], p + "inv_sum")], p + "o")
 
