@@ -7,12 +7,13 @@ import pytest
 from frontend_refs import our_model, truncated_path
 
 from openlpu.compiler import pipeline
-from openlpu.compiler.chipgraph import Pair
+from openlpu.compiler.chipgraph import Chain, Pair
 from openlpu.compiler.lower import Dims, split_layers
 from openlpu.compiler.pipeline import compile_model, dump
 from openlpu.errors import ConfigError, DoesNotFitError
 from openlpu.hardware.chip import load_chip
 from openlpu.isa.asm import parse_program
+from openlpu.isa.opcodes import Opcode
 from openlpu.kernels.builder import ProgramBuilder
 from openlpu.kernels.matmul import emit_matmul
 from openlpu.runtime.session import Fidelity, open_session
@@ -109,3 +110,27 @@ def test_the_main_job_fits_the_chips_its_weights_need(dtype, chips, monkeypatch)
     assert len(split_layers(model, Dims(model.config, 96), CHIP, dtype=dtype)) == chips
     c = compile_model(model, CHIP, dtype=dtype, context=96, prompt=36, programs=False)
     assert c.chips == chips and c.prefill is not None
+
+
+def _fused_pv(graph) -> bool:
+    """Whether a graph's attention computes exp(s - m) and its products with V in one pass."""
+    return any(isinstance(op, Chain) and [s.op for s in op.steps] == [Opcode.SUB, Opcode.EXP, Opcode.MUL]
+               for op in graph.ops)
+
+
+def test_the_decode_step_computes_exp_and_its_products_apart_when_one_pass_leaves_no_room(monkeypatch):
+    """exp(s - m) and e * V in one pass write both beside the scores; where that hemisphere has no room (a long
+    context), the step computes them apart on the same chips rather than taking a chip more."""
+    monkeypatch.setenv("OPENLPU_NO_CACHE", "1")
+    assert all(_fused_pv(g) for g in compile_model(our_model(2), CHIP, context=16).graphs)
+    place_all = pipeline._place
+
+    def no_room_for_the_fused_pass(graphs, chip, shared):
+        if any(_fused_pv(g) for g in graphs):
+            raise DoesNotFitError("no room (test)")
+        return place_all(graphs, chip, shared)
+
+    monkeypatch.setattr(pipeline, "_place", no_room_for_the_fused_pass)
+    for chips in (None, 1):
+        c = compile_model(our_model(2), CHIP, context=16, chips=chips)
+        assert c.chips == 1 and not any(_fused_pv(g) for g in c.graphs)

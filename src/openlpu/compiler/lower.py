@@ -533,7 +533,8 @@ def layer_sides(k: int) -> dict[str, Hemisphere]:
     return dict(WEIGHT_SIDE) if k % 2 == 0 else {name: other(h) for name, h in WEIGHT_SIDE.items()}
 
 
-def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prompt: int | None, dtype: str) -> Ref:
+def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prompt: int | None, dtype: str,
+           fuse_pv: bool = True) -> Ref:
     """Block i (the chip's k-th) on x: one row (decode, the token at the host-given position) or `prompt` rows
     (prefill of positions 0..prompt-1: matmuls and elementwise work on all rows at once, attention query by
     query)."""
@@ -559,7 +560,7 @@ def _layer(g: _Graph, dims: Dims, model: GGUFModel, i: int, k: int, x: Ref, prom
     if prompt is None:
         g.ops.append(Scatter(k_new, kc.name, "pos_w"))
         g.ops.append(Scatter(v_new, vc.name, "pos_e"))
-        o = _attend(g, dims, p, Ref(kc.name), Ref(vc.name), replace(q, rows=t_rows, step=0), Ref(MASK))
+        o = _attend(g, dims, p, Ref(kc.name), Ref(vc.name), replace(q, rows=t_rows, step=0), Ref(MASK), fuse_pv)
     else:
         o = None
         for j in range(prompt):  # the cache fills row by row, so each query sees exactly the rows before it
@@ -604,7 +605,8 @@ def _const(g: _Graph, stem: str, side: Hemisphere, row: np.ndarray) -> str:
     return name
 
 
-def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref, mask: Ref | None = None) -> Ref:
+def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref, mask: Ref | None = None,
+            fuse_pv: bool = False) -> Ref:
     """One query's attention over the cache rows `vc` names, q broadcast to each, `mask` (if any) added to the
     scores: returns its output row. `kc` names an even number of rows (the scores' MXM passes multiply rows in
     pairs): vc's, or one more, whose score the softmax leaves out."""
@@ -626,11 +628,11 @@ def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref, mask: Ref |
     # one row (a prefill's first query): its own max, copied apart (one slice cannot feed both operands)
     top = g.tree(Opcode.MAX, scores, p + "max") if rows > 1 else g.vxm(Opcode.COPY, F32, [scores], p + "max")
     _, blocks = g.shape(scores)
-    # exp(scores - max) in one pass: the difference flows to the exp. In a decode step e flows on to its
-    # products with the V rows (the next rank), both written beside the scores: the other hemisphere has no room
-    # for both. A prefill query writes e across and multiplies in a train of its own: with the queries around
-    # it, neither hemisphere has room for both.
-    fused = mask is not None
+    # exp(scores - max) in one pass: the difference flows to the exp. With `fuse_pv` (a decode step) e flows on
+    # to its products with the V rows (the next rank), both written beside the scores: the other hemisphere has
+    # no room for both. Else (a prefill query, with the queries around it; a long context, whose cache-long
+    # trains leave no room for both beside the scores) e goes across and its products take a train of their own.
+    fused = fuse_pv
     there = g.side(scores) if fused else other(g.side(scores))
     shifted = g.temp(p + "shifted", F32, rows, blocks, there, role=Role.STREAM)
     e = g.temp(p + "exp", F32, rows, blocks, there, interleave=2)
@@ -728,7 +730,7 @@ def _head(g: _Graph, dims: Dims, model: GGUFModel, x: Ref, dtype: str) -> None:
 
 
 def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first: bool, last: bool,
-               prompt: int | None = None, dtype: str = "fp16") -> ChipGraph:
+               prompt: int | None = None, dtype: str = "fp16", fuse_pv: bool = True) -> ChipGraph:
     """The chip graph for `layers` (and the head when `last`): a decode step, or with `prompt` the prefill of
     that many tokens (positions 0..prompt-1; the logits of the last one). The first chip takes the embedding rows
     from the host; the others receive the hidden state from the previous chip, and all but the last send it on."""
@@ -749,7 +751,7 @@ def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first
     if len(layers):
         _unmask(g, dims, prompt)
     for k, i in enumerate(layers):
-        x = _layer(g, dims, model, i, k, x, prompt, dtype)
+        x = _layer(g, dims, model, i, k, x, prompt, dtype, fuse_pv)
     if last:
         _head(g, dims, model, x if prompt is None else Ref(x.name, row0=rows - 1, rows=1), dtype)
     else:

@@ -194,9 +194,8 @@ def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int 
     if chips is None:
         graphs, placed = _fewest(model, dims, chip, dtype, None)
     else:
-        graphs = _lowered(model, dims, chip, chips, dtype)
         try:
-            placed = _place(graphs, chip, (None,) * len(graphs))
+            graphs, placed = _placed(model, dims, chip, chips, dtype)
         except DoesNotFitError as e:
             try:
                 fewest = len(_fewest(model, dims, chip, dtype, chips + 1)[0])
@@ -214,10 +213,24 @@ def _compile(model: GGUFModel, chip: Chip, dtype: str, context: int, chips: int 
                          tuple(placements), tuple(scheduled))
 
 
-def _lowered(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None, dtype: str) -> tuple[ChipGraph, ...]:
+def _lowered(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None, dtype: str, fuse_pv: bool = True
+             ) -> tuple[ChipGraph, ...]:
     ranges = split_layers(model, dims, chip, chips, dtype)
-    return tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1, dtype=dtype)
-                 for i, r in enumerate(ranges))
+    return tuple(lower_chip(model, dims, i, r, first=i == 0, last=i == len(ranges) - 1, dtype=dtype,
+                            fuse_pv=fuse_pv) for i, r in enumerate(ranges))
+
+
+def _placed(model: GGUFModel, dims: Dims, chip: Chip, chips: int | None, dtype: str
+            ) -> tuple[tuple[ChipGraph, ...], tuple[dict[str, Tensor], ...]]:
+    """The decode step lowered for `chips` (None: the weights' count) and placed: with the attention's exp and
+    its products with V in one pass where that fits, else in two (fewer activations side by side, the same
+    chips); DoesNotFitError when neither fits."""
+    graphs = _lowered(model, dims, chip, chips, dtype)
+    try:
+        return graphs, _place(graphs, chip, (None,) * len(graphs))
+    except DoesNotFitError:
+        graphs = _lowered(model, dims, chip, chips, dtype, fuse_pv=False)
+        return graphs, _place(graphs, chip, (None,) * len(graphs))
 
 
 def _fewest(model: GGUFModel, dims: Dims, chip: Chip, dtype: str, start: int | None
@@ -226,14 +239,14 @@ def _fewest(model: GGUFModel, dims: Dims, chip: Chip, dtype: str, start: int | N
     hold it; DoesNotFitError when not even one block per chip does."""
     count = start
     while True:
-        graphs = _lowered(model, dims, chip, count, dtype)
+        count = len(split_layers(model, dims, chip, count, dtype))
         try:
-            return graphs, _place(graphs, chip, (None,) * len(graphs))
+            return _placed(model, dims, chip, count, dtype)
         except DoesNotFitError as e:
-            if len(graphs) >= model.config.n_layers:
+            if count >= model.config.n_layers:
                 raise DoesNotFitError(f"{e}. Not even one block per {chip.name} chip holds it: compile a shorter "
                                       "context") from None
-            count = len(graphs) + 1
+            count += 1
 
 
 def _prefill(model: GGUFModel, decode: CompiledModel, prompt: int, grow: bool = False) -> Programs | None:
