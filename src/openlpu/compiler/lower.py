@@ -632,16 +632,15 @@ def _attend(g: _Graph, dims: Dims, p: str, kc: Ref, vc: Ref, q: Ref, mask: Ref |
     # to its products with the V rows (the next rank), both written beside the scores: the other hemisphere has
     # no room for both. Else (a prefill query, with the queries around it; a long context, whose cache-long
     # trains leave no room for both beside the scores) e goes across and its products take a train of their own.
-    fused = fuse_pv
-    there = g.side(scores) if fused else other(g.side(scores))
+    there = g.side(scores) if fuse_pv else other(g.side(scores))
     shifted = g.temp(p + "shifted", F32, rows, blocks, there, role=Role.STREAM)
     e = g.temp(p + "exp", F32, rows, blocks, there, interleave=2)
-    steps = [Vxm(Opcode.SUB, F32, (scores, _broadcast(top, rows)), shifted), Vxm(Opcode.EXP, F32, (shifted,), e)]
-    if fused:
+    steps = (Vxm(Opcode.SUB, F32, (scores, _broadcast(top, rows)), shifted), Vxm(Opcode.EXP, F32, (shifted,), e))
+    if fuse_pv:
         weighted = g.temp(p + "pv", F32, rows, blocks, there, interleave=2)
-        steps.append(Vxm(Opcode.MUL, F32, (e, vc), weighted))
-    g.ops.append(Chain(tuple(steps)))
-    if not fused:
+        g.ops.append(Chain((*steps, Vxm(Opcode.MUL, F32, (e, vc), weighted))))
+    else:
+        g.ops.append(Chain(steps))
         weighted = g.vxm(Opcode.MUL, F32, [e, vc], p + "pv", interleave=2)
     total, o = g.trees(Opcode.ADD, [e, weighted], [p + "sum", p + "o_sum"])
     return g.vxm(Opcode.MUL, F32, [o, g.vxm(Opcode.RECIP, F32, [total], p + "inv_sum")], p + "o")
@@ -676,6 +675,9 @@ def _broadcast(row: Ref, rows: int) -> Ref:
 
 
 def _normed(g: _Graph, x: Ref, w: Ref, weights: list[Ref], dims: Dims, stem: str) -> list[Ref]:
+    """rmsnorm(x, w) times one weight, or two side by side (a Pair), with the norm's scaling moved past the
+    matmul: rmsnorm(x, w) @ W = r * ((x * w) @ W), r = rsqrt(mean(x^2) + eps) a scalar per row. So the matmul of
+    x * w runs while the SXM's lane reduction computes r (`InvRms`), and each product is then scaled by r."""
     products, r = _unscaled(g, x, w, weights, dims, stem)
     return [_scaled(g, c, r, stem) for c in products]
 
@@ -690,9 +692,8 @@ def _scaled(g: _Graph, c: Ref, r: Ref, stem: str, to: Hemisphere | None = None) 
 
 
 def _unscaled(g: _Graph, x: Ref, w: Ref, weights: list[Ref], dims: Dims, stem: str) -> tuple[list[Ref], Ref]:
-    """rmsnorm(x, w) times one weight, or two side by side (a Pair), with the norm's scaling moved past the
-    matmul: rmsnorm(x, w) @ W = r * ((x * w) @ W), r = rsqrt(mean(x^2) + eps) a scalar per row. So the matmul of
-    x * w runs while the SXM's lane reduction computes r (`InvRms`), and each product is then scaled by r."""
+    """`_normed` before its scaling: the products (x * w) @ W for each weight, and r (one row per row of x, r in
+    every lane), for a caller that scales later (after RoPE, which is linear)."""
     x = g.ensure(g.whole(x), W)
     rows, _ = g.shape(x)
     xw = g.vxm(Opcode.MUL, F32, [_broadcast(w, rows), x], stem + "_xw")  # lands west, beside x: w sits east
@@ -733,7 +734,9 @@ def lower_chip(model: GGUFModel, dims: Dims, index: int, layers: range, *, first
                prompt: int | None = None, dtype: str = "fp16", fuse_pv: bool = True) -> ChipGraph:
     """The chip graph for `layers` (and the head when `last`): a decode step, or with `prompt` the prefill of
     that many tokens (positions 0..prompt-1; the logits of the last one). The first chip takes the embedding rows
-    from the host; the others receive the hidden state from the previous chip, and all but the last send it on."""
+    from the host; the others receive the hidden state from the previous chip, and all but the last send it on.
+    `fuse_pv`: the decode step computes each exp(s - m) and its products with V in one pass (`_attend`), which
+    needs room for both beside the scores; a prefill never does."""
     g = _Graph()
     qp, rows = dims.qp, prompt or 1
     for name in ROPE_INPUTS:
