@@ -15,10 +15,11 @@ step's attention then works on the written cache rows and one more, not all of t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from openlpu.compiler import fastmxm
 from openlpu.compiler.chipgraph import (
     Chain,
     ChipGraph,
@@ -47,8 +48,11 @@ from openlpu.sim import numerics as nx
 LANES = 320
 UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RECIP, Opcode.RSQRT, Opcode.TANH,
          Opcode.SIGMOID, Opcode.SILU}
-Tiles = dict[tuple[str, int], tuple | np.ndarray]  # per weight K tile: fp16 (fp64 values, column norms, nonzero
-# blocks or None, exact_below), int8 fp32 values
+Tiles = dict[tuple[str, int], tuple | np.ndarray | None]
+"""Per weight, prepared once per session: per K tile (NumPy's passes), fp16 (fp64 values, column norms, nonzero
+blocks or None, exact_below) or int8 fp32 values; at K tile `PACKED`, the whole weight `fastmxm.pack`ed (None:
+not packable)."""
+PACKED = -1
 Views = dict[tuple[int, bool], tuple[Ref, np.ndarray, np.ndarray]]
 """Per Ref of a graph (by identity) and direction: the Ref, the array and the view of it `view` made, kept for a
 session: a tensor's array stays the same from step to step (every op writes into the array that holds it), so a
@@ -126,24 +130,29 @@ def matmul(a: np.ndarray, w: np.ndarray, slots: int, tile: Callable[[int], tuple
     if a.dtype == np.float16:  # once, not per pass: exact
         a = nx.from_fp16(a, np.float64)
     for m0 in range(0, a.shape[0], slots):
-        acc = None
-        started = np.zeros(w.shape[1] // LANES, bool)
-        for kt in range(a.shape[1] // LANES):
-            k = slice(kt * LANES, (kt + 1) * LANES)
-            product = nx.mxm_pass_fp16(a[m0:m0 + slots, k], *tile(kt))
-            if not skip:
-                acc = product if acc is None else nx.accumulate(acc, product, DType.FP16)
-                continue
-            acc = np.zeros_like(product) if acc is None else acc
-            for nt in range(len(started)):
-                if (kt, nt) in skip:
-                    continue
-                cols = slice(nt * LANES, (nt + 1) * LANES)
-                acc[:, cols] = nx.accumulate(acc[:, cols], product[:, cols], DType.FP16) if started[nt] else \
-                    product[:, cols]
-                started[nt] = True
-        out[m0:m0 + slots] = acc
+        passes = (nx.mxm_pass_fp16(a[m0:m0 + slots, kt * LANES:(kt + 1) * LANES], *tile(kt))
+                  for kt in range(a.shape[1] // LANES))
+        out[m0:m0 + slots] = fold(passes, DType.FP16, skip)
     return out
+
+
+def fold(passes: Iterable[np.ndarray], dtype: DType, skip: frozenset[tuple[int, int]] = frozenset()) -> np.ndarray:
+    """The accumulator after the passes [rows, N] of K tiles 0, 1, ... (fp32 addition for fp16, int32 wrap for
+    int8), each N tile's sum starting at its first K tile not in `skip`."""
+    acc, started = None, None
+    for kt, product in enumerate(passes):
+        if not skip:
+            acc = product if acc is None else nx.accumulate(acc, product, dtype)
+            continue
+        if acc is None:
+            acc, started = np.zeros_like(product), np.zeros(product.shape[1] // LANES, bool)
+        for nt in range(len(started)):
+            if (kt, nt) in skip:
+                continue
+            cols = slice(nt * LANES, (nt + 1) * LANES)
+            acc[:, cols] = nx.accumulate(acc[:, cols], product[:, cols], dtype) if started[nt] else product[:, cols]
+            started[nt] = True
+    return acc
 
 
 SUB = 64
@@ -181,11 +190,8 @@ def matmul_int8(a: np.ndarray, w: np.ndarray, tile: Callable[[int], np.ndarray])
     """The int8 MXM's arithmetic: each 320-deep pass's sum of products, exact, folded into the int32 accumulator
     in K order (wrapping). A pass is one fp32 matrix product: every product and partial sum is an integer of at
     most 320 * 127^2 < 2^24, so fp32 holds each exactly, in any order (`tile(kt)`: K tile kt as fp32)."""
-    acc = None
-    for kt in range(a.shape[1] // LANES):
-        product = (a[:, kt * LANES:(kt + 1) * LANES].astype(np.float32) @ tile(kt)).astype(np.int32)
-        acc = product if acc is None else nx.accumulate(acc, product, DType.INT8)
-    return acc
+    return fold(((a[:, kt * LANES:(kt + 1) * LANES].astype(np.float32) @ tile(kt)).astype(np.int32)
+                 for kt in range(a.shape[1] // LANES)), DType.INT8)
 
 
 def _store(tensors: dict[str, TensorDef], env: dict[str, np.ndarray], ref: Ref, vectors: np.ndarray) -> None:
@@ -325,9 +331,17 @@ def _matmul_rows(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.nd
 def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray], slots: int,
             tiles: Tiles, rows: int | None = None) -> np.ndarray:
     """One matmul's product (of `a`'s first `rows` rows, all by default), its weight's K tiles prepared once per
-    session (`tiles`)."""
+    session (`tiles`): a decode step's row or two by `fastmxm`'s compiled passes, more rows by NumPy's."""
     w, a = env[op.w], env[op.a][:rows]
-    if tensors[op.w].dtype is DType.INT8:
+    dtype = tensors[op.w].dtype
+    key = (op.w, PACKED)
+    if len(a) <= fastmxm.ROWS and key not in tiles:
+        tiles[key] = fastmxm.pack(w, dtype)
+    if len(a) <= fastmxm.ROWS and tiles[key] is not None:
+        packed = tiles[key]
+        passes = fastmxm.int8_passes(a, packed) if dtype is DType.INT8 else fastmxm.fp16_passes(a, packed)
+        return fold(passes, dtype, op.skip)
+    if dtype is DType.INT8:
 
         def tile8(kt: int) -> np.ndarray:
             """K tile kt of the int8 weight as fp32."""
