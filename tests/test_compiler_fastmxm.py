@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 from openlpu.compiler import fastmxm
 from openlpu.isa.types import DType
@@ -18,6 +19,11 @@ def spec(acts: np.ndarray, weights: np.ndarray, dtype: DType) -> np.ndarray:
     """Each 320-deep pass by `mxm_pass`, stacked [K tiles, rows, N]."""
     return np.stack([nx.mxm_pass(acts[:, k * LANES:(k + 1) * LANES], weights[k * LANES:(k + 1) * LANES], dtype)
                      for k in range(weights.shape[0] // LANES)])
+
+
+def passes(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    packed = fastmxm.pack(w, DType.FP16)
+    return fastmxm.fp16_passes(a, packed, fastmxm.column_norms(packed))
 
 
 def bits(x: np.ndarray) -> np.ndarray:
@@ -33,8 +39,23 @@ def fp16_values(rng: np.random.Generator, shape: tuple[int, ...], spread: int) -
 def test_pack_puts_one_k_tile_column_in_consecutive_lanes():
     w = np.arange(640 * 3, dtype=np.float16).reshape(640, 3)
     packed = fastmxm.pack(w, DType.FP16)
-    assert packed.shape == (2, 3, LANES) and packed.dtype == np.float32 and packed.flags.c_contiguous
-    assert packed[1, 2, 5] == w[LANES + 5, 2]
+    assert packed.shape == (2, 3, LANES) and packed.dtype == np.uint16 and packed.flags.c_contiguous
+    assert packed[1, 2, 5] == w[LANES + 5, 2].view(np.uint16)
+
+
+@njit
+def widen(bits):
+    out = np.empty(bits.size)
+    for i in range(bits.size):
+        out[i] = fastmxm.half_to_f64(bits[i])
+    return out
+
+
+def test_every_finite_fp16_bit_pattern_widens_exactly():
+    every = np.arange(1 << 16, dtype=np.uint16)
+    want = every.view(np.float16).astype(np.float64)
+    finite = np.isfinite(want)
+    assert np.array_equal(bits(widen(every)[finite]), bits(want[finite]))  # -0 and the subnormals included
 
 
 @pytest.mark.parametrize("rows", [1, 2])
@@ -43,7 +64,7 @@ def test_fp16_passes_are_mxm_pass_bit_for_bit(rows, spread):
     rng = np.random.default_rng(rows * 100 + spread)
     w = fp16_values(rng, (640, 700), spread)
     a = fp16_values(rng, (rows, 640), spread)
-    got = fastmxm.fp16_passes(a, fastmxm.pack(w, DType.FP16))
+    got = passes(a, w)
     assert np.array_equal(bits(got), bits(spec(a, w, DType.FP16)))
 
 
@@ -56,7 +77,7 @@ def test_fp16_passes_match_mxm_pass_on_sums_that_cancel(seed):
     a = fp16_values(rng, (1, LANES), 6)
     partner = -w[0::2].astype(np.float32) * a[0, 0::2, None] / a[0, 1::2, None]
     w[1::2] = np.clip(partner, -65504, 65504).astype(np.float16)
-    got = fastmxm.fp16_passes(a, fastmxm.pack(w, DType.FP16))
+    got = passes(a, w)
     assert np.array_equal(bits(got), bits(spec(a, w, DType.FP16)))
 
 
@@ -67,7 +88,7 @@ def test_a_sum_on_an_fp32_tie_is_rounded_by_what_lies_past_it(third, expected):
     a[0, :3] = [1.0, 1.0, third]
     w = np.zeros((LANES, 1), np.float16)
     w[:3, 0] = [1.0, 2.0**-24, 2.0**-24]
-    got = fastmxm.fp16_passes(a, fastmxm.pack(w, DType.FP16))
+    got = passes(a, w)
     assert got[0, 0, 0] == np.float32(expected)
     assert bits(got) == bits(spec(a, w, DType.FP16))
 
@@ -78,7 +99,7 @@ def test_an_exact_zero_sum_is_plus_zero():
     w = np.zeros((LANES, 2), np.float16)
     w[:2, 0] = [1.0, 1.0]  # -1 + 1
     w[:2, 1] = [-0.0, -0.0]  # -0 products only
-    got = fastmxm.fp16_passes(a, fastmxm.pack(w, DType.FP16))
+    got = passes(a, w)
     assert (bits(got) == 0).all()
 
 
@@ -87,7 +108,7 @@ def test_an_infinite_activation_propagates_as_ieee_says():
     w = fp16_values(rng, (LANES, 8), 2)
     a = fp16_values(rng, (1, LANES), 2)
     a[0, 7] = np.inf
-    got = fastmxm.fp16_passes(a, fastmxm.pack(w, DType.FP16))
+    got = passes(a, w)
     assert np.array_equal(bits(got), bits(spec(a, w, DType.FP16)))
 
 

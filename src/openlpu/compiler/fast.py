@@ -50,8 +50,8 @@ UNARY = {Opcode.COPY, Opcode.NEG, Opcode.ABS, Opcode.RELU, Opcode.EXP, Opcode.RE
          Opcode.SIGMOID, Opcode.SILU}
 Tiles = dict[tuple[str, int], tuple | np.ndarray | None]
 """Per weight, prepared once per session: per K tile (NumPy's passes), fp16 (fp64 values, column norms, nonzero
-blocks or None, exact_below) or int8 fp32 values; at K tile `PACKED`, the whole weight `fastmxm.pack`ed (None:
-not packable)."""
+blocks or None, exact_below) or int8 fp32 values; at K tile `PACKED`, the whole weight `fastmxm.pack`ed and,
+fp16, its column norms (None: not packable)."""
 PACKED = -1
 Views = dict[tuple[int, bool], tuple[Ref, np.ndarray, np.ndarray]]
 """Per Ref of a graph (by identity) and direction: the Ref, the array and the view of it `view` made, kept for a
@@ -336,10 +336,12 @@ def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray
     dtype = tensors[op.w].dtype
     key = (op.w, PACKED)
     if len(a) <= fastmxm.ROWS and key not in tiles:
-        tiles[key] = fastmxm.pack(w, dtype)
+        packed = fastmxm.pack(w, dtype)
+        tiles[key] = None if packed is None else \
+            (packed, fastmxm.column_norms(packed) if dtype is DType.FP16 else None)
     if len(a) <= fastmxm.ROWS and tiles[key] is not None:
-        packed = tiles[key]
-        passes = fastmxm.int8_passes(a, packed) if dtype is DType.INT8 else fastmxm.fp16_passes(a, packed)
+        packed, norms = tiles[key]
+        passes = fastmxm.int8_passes(a, packed) if dtype is DType.INT8 else fastmxm.fp16_passes(a, packed, norms)
         return fold(passes, dtype, op.skip)
     if dtype is DType.INT8:
 

@@ -5,19 +5,24 @@ weights: NumPy's fp64 product (`numerics.mxm_pass_fp16`) reads 8 bytes per fp16 
 rounding takes more passes. Here each weight is read once, as fp32 (exact for fp16) or int8, and one pass computes
 what `mxm_pass_fp16` and `fast.matmul_int8` compute, bit for bit:
 
-- fp16: per 320-deep pass, the fp64 sum s of the exact products (any order: the bound allows it) and
-  t = sum |a w|; where s - E and s + E (E = 1.01 * 2 K 2^-53 t, the bound `mxm_pass_fp16` uses) round to one fp32
-  value, fp32(s) is the correctly rounded exact sum. The entries left open (rare) are computed by `mxm_pass`.
+- fp16: per 320-deep pass, the fp64 sum s of the exact products, in any order (SIMD lanes: the bound allows
+  it). Where s - E and s + E round to one fp32 value, E = 1.01 * 2 K 2^-53 sum |a w| (`mxm_pass_fp16`'s bound,
+  with sum |a w| bounded first by the norms of a and of the weight's column, then computed where that is not
+  enough), fp32(s) is the correctly rounded exact sum; the entries still open (rare) take the exact sum of
+  integer halves, as `mxm_pass` does.
 - int8: per pass, the exact int32 sum of the int8 products (at most 320 * 128^2 < 2^31).
 
 Weights are packed once per session as [K tiles, N, 320] (`pack`): one column of one K tile is contiguous, which
-is what lets the inner loop run in SIMD lanes.
+is what lets the inner loop run in SIMD lanes. fp16 weights stay 2 bytes (their bits, widened to fp64 by the CPU's
+own conversion, `half_to_f64`): the passes are bound by reading them.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from openlpu.isa.types import DType
 from openlpu.sim import numerics as nx
@@ -31,44 +36,64 @@ BOUND = 1.01 * 2 * LANES * 2.0**-53
 
 
 def pack(weights: np.ndarray, dtype: DType) -> np.ndarray | None:
-    """A weight [K, N] (K a multiple of 320) as [K / 320, N, 320]: fp32 for fp16 weights (exact), int8 as is.
-    None for fp16 weights with an inf or a nan, which the compiled passes do not take."""
+    """A weight [K, N] (K a multiple of 320) as [K / 320, N, 320]: fp16 as its bits (uint16), int8 as is. None for
+    fp16 weights with an inf or a nan, which the compiled passes do not take."""
     if dtype is DType.FP16 and not np.isfinite(weights).all():
         return None
     k, n = weights.shape
-    target = np.float32 if dtype is DType.FP16 else np.int8
-    return np.ascontiguousarray(weights.reshape(k // LANES, LANES, n).transpose(0, 2, 1), dtype=target)
+    target = np.float16 if dtype is DType.FP16 else np.int8
+    packed = np.ascontiguousarray(weights.reshape(k // LANES, LANES, n).transpose(0, 2, 1), dtype=target)
+    return packed.view(np.uint16) if dtype is DType.FP16 else packed
+
+
+@intrinsic
+def half_to_f64(typingctx, bits):  # pragma: no cover - compiled
+    """The fp16 value whose bits (a 16-bit integer) are given, as fp64: exact (LLVM's fpext of a half; F16C's
+    conversion where the CPU has it)."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.DoubleType())
+
+    return types.float64(bits), codegen
 
 
 @njit(fastmath={"reassoc", "contract"}, parallel=True, cache=True, boundscheck=False)
-def _fp16_passes(a, a_abs, a_hi, a_lo, w, out):  # pragma: no cover - compiled; tested through fp16_passes
-    """out[k, r, j] = the exact sum of a[r, k, i] w[k, j, i] over i, rounded once to fp32. The sums here may be
-    taken in any order (SIMD lanes); `_settle` decides, without reordering, whether that is close enough."""
+def _fp16_passes(a, a_norm, a_hi, a_lo, w, w_norm, out):  # pragma: no cover - compiled; tested via fp16_passes
+    """out[k, r, j] = the exact sum of a[r, k, i] w[k, j, i] over i, rounded once to fp32. The fp64 sum here may
+    be taken in any order (SIMD lanes); `_settle` decides, without reordering, whether that is close enough."""
     tiles, n, lanes = w.shape
     for j in prange(n):
         for k in range(tiles):
             col = w[k, j]
             for r in range(a.shape[0]):
                 ar = a[r, k]
-                aa = a_abs[r, k]
                 total = 0.0
-                size = 0.0
                 for i in range(lanes):
-                    x = np.float64(col[i])
-                    total += ar[i] * x
-                    size += aa[i] * abs(x)
-                out[k, r, j] = _settle(total, size, a_hi[r, k], a_lo[r, k], col)
+                    total += ar[i] * half_to_f64(col[i])
+                out[k, r, j] = _settle(total, a_norm[r, k] * w_norm[k, j], ar, a_hi[r, k], a_lo[r, k], col)
 
 
 @njit(cache=True)
-def _settle(s, t, a_hi, a_lo, col):  # pragma: no cover - compiled
-    """fp32 of the exact sum, given its fp64 sum s (within E = BOUND t): fp32(s) where s - E and s + E round alike,
-    else the exact sum from integer halves (`_exact`). An exact zero is +0 (the accumulator is fixed-point)."""
-    e = t * BOUND
+def _settle(s, norms, a, a_hi, a_lo, col):  # pragma: no cover - compiled
+    """fp32 of the exact sum of a * col, given its fp64 sum s: fp32(s) where the interval s -+ E rounds to one
+    fp32 value, E = BOUND * sum |a col|, bounded first by the product of the norms (Cauchy-Schwarz), then, where
+    that leaves it open, computed; else the exact sum (`_exact`). An exact zero is +0 (fixed-point accumulator)."""
     r = np.float32(s)
-    if not (np.isfinite(r) and np.float32(s - e) == np.float32(s + e)):
-        r = _exact(a_hi, a_lo, col)
+    if not _certain(s, r, norms * BOUND):
+        size = 0.0
+        for i in range(len(col)):
+            size += abs(a[i]) * abs(half_to_f64(col[i]))
+        if not _certain(s, r, size * BOUND):
+            r = _exact(a_hi, a_lo, col)
     return np.float32(0.0) if r == 0 else r
+
+
+@njit(cache=True)
+def _certain(s, r, e):  # pragma: no cover - compiled
+    """`numerics._certain` for one value: s - e and s + e round to r's fp32 value."""
+    return np.isfinite(r) and np.float32(s - e) == np.float32(s + e)
 
 
 @njit(cache=True)
@@ -79,7 +104,7 @@ def _exact(a_hi, a_lo, col):  # pragma: no cover - compiled
     mid = 0.0
     ll = 0.0
     for i in range(len(col)):
-        x = np.float64(col[i]) * 2.0**24
+        x = half_to_f64(col[i]) * 2.0**24
         w_hi = np.trunc(x * 2.0**-20)
         w_lo = x - w_hi * 2.0**20
         hh += a_hi[i] * w_hi
@@ -125,20 +150,30 @@ def _int8_sums(a, w, out):  # pragma: no cover - compiled; tested through int8_p
                 out[k, r, j] = total
 
 
-def fp16_passes(acts: np.ndarray, packed: np.ndarray) -> np.ndarray:
-    """Every 320-deep pass of acts [m, K] (fp16 values, as fp16 or fp64) by the packed fp16 weight:
-    [K / 320, m, N] fp32, each `mxm_pass(acts_k, W_k, FP16)` bit for bit."""
+def fp16_passes(acts: np.ndarray, packed: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """Every 320-deep pass of acts [m, K] (fp16 values, as fp16 or fp64) by the packed fp16 weight, whose
+    columns' norms are `norms` (`column_norms(packed)`): [K / 320, m, N] fp32, each `mxm_pass(acts_k, W_k, FP16)`
+    bit for bit."""
     a64 = nx.from_fp16(acts, np.float64) if acts.dtype == np.float16 else acts.astype(np.float64, copy=False)
     m, tiles, n = len(a64), packed.shape[0], packed.shape[1]
     if not np.isfinite(a64).all():  # an inf or a nan: IEEE propagation, pass by pass
-        return np.stack([nx.mxm_pass(a64[:, k * LANES:(k + 1) * LANES], packed[k].T.astype(np.float16), DType.FP16)
+        return np.stack([nx.mxm_pass(a64[:, k * LANES:(k + 1) * LANES], packed[k].T.view(np.float16), DType.FP16)
                          for k in range(tiles)])
     a3 = np.ascontiguousarray(a64.reshape(m, tiles, LANES))
     scaled = a3 * 2.0**24
     a_hi = np.trunc(scaled * 2.0**-20)
     out = np.empty((tiles, m, n), np.float32)
-    _fp16_passes(a3, np.abs(a3), a_hi, scaled - a_hi * 2.0**20, packed, out)
+    _fp16_passes(a3, np.sqrt(np.einsum("rki,rki->rk", a3, a3)), a_hi, scaled - a_hi * 2.0**20, packed, norms, out)
     return out
+
+
+def column_norms(packed: np.ndarray) -> np.ndarray:
+    """The Euclidean norm of each column of each K tile of a packed fp16 weight, [K / 320, N] fp64."""
+    norms = np.empty(packed.shape[:2])
+    for k, tile in enumerate(packed):  # a K tile at a time: a whole weight in fp64 would be twice the packing
+        w64 = tile.view(np.float16).astype(np.float64)
+        norms[k] = np.sqrt(np.einsum("ji,ji->j", w64, w64))
+    return norms
 
 
 def int8_passes(acts: np.ndarray, packed: np.ndarray) -> np.ndarray:
