@@ -328,6 +328,18 @@ def _matmul_rows(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.nd
     uniform[op.c] = u
 
 
+def _packed(w: np.ndarray, dtype: DType) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """A weight `fastmxm.pack`ed, with its column norms (fp16), for the compiled passes; None for one they do not
+    take: with an inf or a nan, or with a mostly-zero K tile (the attention's 0/1 head sums, whose sums cancel too
+    much for the bound: NumPy's passes sum their blocks exactly)."""
+    if dtype is DType.FP16 and any(nonzero_blocks(w[k:k + LANES]) is not None for k in range(0, len(w), LANES)):
+        return None
+    packed = fastmxm.pack(w, dtype)
+    if packed is None:
+        return None
+    return packed, fastmxm.column_norms(packed) if dtype is DType.FP16 else None
+
+
 def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray], slots: int,
             tiles: Tiles, rows: int | None = None) -> np.ndarray:
     """One matmul's product (of `a`'s first `rows` rows, all by default), its weight's K tiles prepared once per
@@ -336,9 +348,7 @@ def _matmul(op: Matmul, tensors: dict[str, TensorDef], env: dict[str, np.ndarray
     dtype = tensors[op.w].dtype
     key = (op.w, PACKED)
     if len(a) <= fastmxm.ROWS and key not in tiles:
-        packed = fastmxm.pack(w, dtype)
-        tiles[key] = None if packed is None else \
-            (packed, fastmxm.column_norms(packed) if dtype is DType.FP16 else None)
+        tiles[key] = _packed(w, dtype)
     if len(a) <= fastmxm.ROWS and tiles[key] is not None:
         packed, norms = tiles[key]
         passes = fastmxm.int8_passes(a, packed) if dtype is DType.INT8 else fastmxm.fp16_passes(a, packed, norms)

@@ -319,11 +319,7 @@ def _block_product(a64: np.ndarray, weights64: np.ndarray, blocks: Sequence[Bloc
     """a64 @ weights64 from the tile's nonzero blocks alone. The all-ones blocks: each distinct row range of a
     summed once per row, the sums spread to their blocks' columns by one 0/1 product (every product by 1 or 0 is
     exact). The other blocks one by one."""
-    ones = [b for b in blocks if b.ones]
-    ranges = sorted({(b.rows.start, b.rows.stop) for b in ones})
-    spread = np.zeros((len(ranges), weights64.shape[1]))
-    for b in ones:
-        spread[ranges.index((b.rows.start, b.rows.stop)), b.cols] = 1.0
+    ranges, spread = _ones_spread(blocks, weights64.shape[1])
     sums = np.empty((len(a64), len(ranges)))
     for i, (lo, hi) in enumerate(ranges):
         sums[:, i] = a64[:, lo:hi].sum(axis=1)
@@ -332,6 +328,27 @@ def _block_product(a64: np.ndarray, weights64: np.ndarray, blocks: Sequence[Bloc
         if not b.ones:
             s[:, b.cols] += a64[:, b.rows] @ weights64[b.rows, b.cols]
     return s
+
+
+_SPREADS: dict[int, tuple[Sequence[Block], int, list[tuple[int, int]], np.ndarray]] = {}
+"""`_ones_spread`'s results by the id of the blocks' sequence, which each entry holds (so the id is not reused)."""
+
+
+def _ones_spread(blocks: Sequence[Block], cols: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The all-ones blocks' distinct row ranges, and the 0/1 matrix [ranges, cols] that spreads each range's sum
+    to its blocks' columns; kept per sequence of blocks (a caller passes a tile's sequence again and again)."""
+    hit = _SPREADS.get(id(blocks))
+    if hit is not None and hit[0] is blocks and hit[1] == cols:
+        return hit[2], hit[3]
+    ones = [b for b in blocks if b.ones]
+    ranges = sorted({(b.rows.start, b.rows.stop) for b in ones})
+    spread = np.zeros((len(ranges), cols))
+    for b in ones:
+        spread[ranges.index((b.rows.start, b.rows.stop)), b.cols] = 1.0
+    if len(_SPREADS) >= 1024:
+        _SPREADS.clear()
+    _SPREADS[id(blocks)] = (blocks, cols, ranges, spread)
+    return ranges, spread
 
 
 def _plus_zero(r: np.ndarray) -> np.ndarray:
