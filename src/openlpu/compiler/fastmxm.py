@@ -14,18 +14,17 @@ what `mxm_pass_fp16` and `fast.matmul_int8` compute, bit for bit:
 
 Weights are packed once per session as [K tiles, N, 320] (`pack`): one column of one K tile is contiguous, which
 is what lets the inner loop run in SIMD lanes. fp16 weights stay 2 bytes (their bits, widened to fp64 by the CPU's
-own conversion, `half_to_f64`): the passes are bound by reading them.
+own conversion, `jit.half_to_f64`): the passes are bound by reading them.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from openlpu.isa.types import DType
 from openlpu.sim import numerics as nx
+from openlpu.sim.jit import half_to_f64
 
 LANES = 320
 ROWS = 2
@@ -44,19 +43,6 @@ def pack(weights: np.ndarray, dtype: DType) -> np.ndarray | None:
     target = np.float16 if dtype is DType.FP16 else np.int8
     packed = np.ascontiguousarray(weights.reshape(k // LANES, LANES, n).transpose(0, 2, 1), dtype=target)
     return packed.view(np.uint16) if dtype is DType.FP16 else packed
-
-
-@intrinsic
-def half_to_f64(typingctx, bits):  # pragma: no cover - compiled
-    """The fp16 value whose bits (a 16-bit integer) are given, as fp64: exact (LLVM's fpext of a half; F16C's
-    conversion where the CPU has it)."""
-    if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.DoubleType())
-
-    return types.float64(bits), codegen
 
 
 @njit(fastmath={"reassoc", "contract"}, parallel=True, cache=True, boundscheck=False)

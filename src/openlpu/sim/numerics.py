@@ -23,6 +23,7 @@ import numpy as np
 
 from openlpu.isa.opcodes import Opcode
 from openlpu.isa.types import DType
+from openlpu.sim import jit
 
 FP16_MAX = 65504.0
 INT_LIMITS = {DType.INT8: (-128, 127), DType.INT16: (-32768, 32767), DType.INT32: (-(2**31), 2**31 - 1)}
@@ -68,7 +69,14 @@ def from_fp16(values: np.ndarray, to: type) -> np.ndarray:
     table = _FP16_TABLES.get(to)
     if table is None:
         table = _FP16_TABLES[to] = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(to)
+    if values.size >= JIT_SIZE:
+        return jit.fp16_widen(values, table)
     return np.take(table, values.view(np.uint16))
+
+
+JIT_SIZE = 4096
+"""From this many values on, the fp16 conversions take `jit`'s compiled loops (the CPU's conversions, the same
+bits): for fewer, NumPy's call costs less than the compiled function's dispatch."""
 
 
 def narrow(values: np.ndarray, dtype: DType) -> np.ndarray:
@@ -90,8 +98,11 @@ def fp32_to_fp16(x: np.ndarray) -> np.ndarray:
     """fp32 -> fp16, to nearest even, overflowing to infinity: NumPy's own conversion, bit for bit (checked here
     on all 2^32 inputs; the tests check every rounding edge). NumPy converts element by element and raises the
     underflow flag for each fp16 subnormal it makes (measured here: 80-90 ns each, 13-20 times a normal one); the
-    attention scores' lo halves are mostly subnormal, so an array with many takes whole-array integer arithmetic
-    instead, unless it holds a NaN (NumPy's conversion keeps its payload)."""
+    attention scores' lo halves are mostly subnormal, so a large array without NaNs takes the CPU's own conversion
+    (`jit`, from `JIT_SIZE` values), and a smaller one with many subnormals whole-array integer arithmetic; a NaN
+    stays with NumPy's conversion, which keeps its payload."""
+    if x.size >= JIT_SIZE and not np.isnan(x).any():
+        return jit.fp32_to_fp16(x)
     bits = np.ascontiguousarray(x).view(np.uint32)
     mag = bits & 0x7FFFFFFF
     if np.count_nonzero((mag - 1) < 0x387FFFFF) * 8 < mag.size or (mag > 0x7F800000).any():
