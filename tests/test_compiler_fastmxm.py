@@ -77,6 +77,18 @@ def test_a_sum_on_an_fp32_tie_is_rounded_by_what_lies_past_it(third, expected):
     assert bits(got) == bits(spec(a, w, DType.FP16))
 
 
+def test_a_tie_that_fp64_cannot_see_past_takes_the_exact_sum():
+    """2^30 + 2^6 is an fp32 tie (ties to even: 2^30); the 2^-48 past it is below fp64's precision there, so only
+    the exact sum rounds up to 2^30 + 2^7, as `mxm_pass` does."""
+    a = np.zeros((1, LANES), np.float16)
+    a[0, :3] = [2.0**15, 2.0**3, 2.0**-24]
+    w = np.zeros((LANES, 1), np.float16)
+    w[:3, 0] = [2.0**15, 2.0**3, 2.0**-24]
+    got = passes(a, w)
+    assert got[0, 0, 0] == np.float32(2.0**30 + 2.0**7)
+    assert bits(got) == bits(spec(a, w, DType.FP16))
+
+
 def test_an_exact_zero_sum_is_plus_zero():
     a = np.zeros((1, LANES), np.float16)
     a[0, :2] = [-1.0, 1.0]
