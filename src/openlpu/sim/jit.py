@@ -3,6 +3,9 @@ it has them), which NumPy does element by element in software (a subnormal resul
 one). Bit for bit NumPy's conversions on every input they are given: every fp16 bit pattern widened (the NaNs
 from NumPy's own table), every non-NaN fp32 bit pattern narrowed (checked once on all 2^32 here, 2026-12-08; the
 tests check every edge). fp32 NaNs stay with NumPy, whose conversion keeps more of their payload than the CPU's.
+
+Numba's on-disk cache (`cache=True`) is keyed by each function's own file: `compiler/fastmxm.py`'s kernels inline
+`half_to_f64`, so a change to it here needs their cache dropped too (delete `compiler/__pycache__/*.nb*`).
 """
 
 from __future__ import annotations
