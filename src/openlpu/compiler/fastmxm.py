@@ -2,8 +2,8 @@
 
 A decode step multiplies one activation row by every weight of the model, so its time is the time to read the
 weights: NumPy's fp64 product (`numerics.mxm_pass_fp16`) reads 8 bytes per fp16 weight, and certifying its
-rounding takes more passes. Here each weight is read once, as fp32 (exact for fp16) or int8, and one pass computes
-what `mxm_pass_fp16` and `fast.matmul_int8` compute, bit for bit:
+rounding takes more passes. Here each weight is read once, as its own 2 bytes (fp16) or 1 (int8), and one pass
+computes what `mxm_pass_fp16` and `fast.matmul_int8` compute, bit for bit:
 
 - fp16: per 320-deep pass, the fp64 sum s of the exact products, in any order (SIMD lanes: the bound allows
   it). Where s - E and s + E round to one fp32 value, E = 1.01 * 2 K 2^-53 sum |a w| (`mxm_pass_fp16`'s bound,
@@ -46,7 +46,7 @@ def pack(weights: np.ndarray, dtype: DType) -> np.ndarray | None:
 
 
 @njit(fastmath={"reassoc", "contract"}, parallel=True, cache=True, boundscheck=False)
-def _fp16_passes(a, a_norm, a_hi, a_lo, w, w_norm, out):  # pragma: no cover - compiled; tested via fp16_passes
+def _fp16_passes(a, a_norm, w, w_norm, out):  # pragma: no cover - compiled; tested via fp16_passes
     """out[k, r, j] = the exact sum of a[r, k, i] w[k, j, i] over i, rounded once to fp32. The fp64 sum here may
     be taken in any order (SIMD lanes); `_settle` decides, without reordering, whether that is close enough."""
     tiles, n, lanes = w.shape
@@ -58,11 +58,11 @@ def _fp16_passes(a, a_norm, a_hi, a_lo, w, w_norm, out):  # pragma: no cover - c
                 total = 0.0
                 for i in range(lanes):
                     total += ar[i] * half_to_f64(col[i])
-                out[k, r, j] = _settle(total, a_norm[r, k] * w_norm[k, j], ar, a_hi[r, k], a_lo[r, k], col)
+                out[k, r, j] = _settle(total, a_norm[r, k] * w_norm[k, j], ar, col)
 
 
 @njit(cache=True)
-def _settle(s, norms, a, a_hi, a_lo, col):  # pragma: no cover - compiled
+def _settle(s, norms, a, col):  # pragma: no cover - compiled
     """fp32 of the exact sum of a * col, given its fp64 sum s: fp32(s) where the interval s -+ E rounds to one
     fp32 value, E = BOUND * sum |a col|, bounded first by the product of the norms (Cauchy-Schwarz), then, where
     that leaves it open, computed; else the exact sum (`_exact`). An exact zero is +0 (fixed-point accumulator)."""
@@ -72,7 +72,7 @@ def _settle(s, norms, a, a_hi, a_lo, col):  # pragma: no cover - compiled
         for i in range(len(col)):
             size += abs(a[i]) * abs(half_to_f64(col[i]))
         if not _certain(s, r, size * BOUND):
-            r = _exact(a_hi, a_lo, col)
+            r = _exact(a, col)
     return np.float32(0.0) if r == 0 else r
 
 
@@ -83,20 +83,27 @@ def _certain(s, r, e):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _exact(a_hi, a_lo, col):  # pragma: no cover - compiled
-    """`mxm_pass`'s exact sum for one column: fp16 values scaled by 2^24 are integers hi 2^20 + lo; each half-product
-    sum is an integer below 2^53, so fp64 holds it exactly in any order; then one correct rounding."""
+def _exact(a, col):  # pragma: no cover - compiled
+    """`mxm_pass`'s exact sum of a * col: fp16 values scaled by 2^24 are integers hi 2^20 + lo (`_halves`); each
+    half-product sum is an integer below 2^53, so fp64 holds it exactly in any order; then one correct rounding."""
     hh = 0.0
     mid = 0.0
     ll = 0.0
     for i in range(len(col)):
-        x = half_to_f64(col[i]) * 2.0**24
-        w_hi = np.trunc(x * 2.0**-20)
-        w_lo = x - w_hi * 2.0**20
-        hh += a_hi[i] * w_hi
-        mid += a_hi[i] * w_lo + a_lo[i] * w_hi
-        ll += a_lo[i] * w_lo
+        a_hi, a_lo = _halves(a[i])
+        w_hi, w_lo = _halves(half_to_f64(col[i]))
+        hh += a_hi * w_hi
+        mid += a_hi * w_lo + a_lo * w_hi
+        ll += a_lo * w_lo
     return _round_sum(hh * 2.0**-8, mid * 2.0**-28, ll * 2.0**-48)
+
+
+@njit(cache=True)
+def _halves(x):  # pragma: no cover - compiled
+    """`numerics._split` for one fp16 value (held as fp64): x 2^24 = hi 2^20 + lo, |hi| <= 2^20, |lo| < 2^20."""
+    scaled = x * 2.0**24
+    hi = np.trunc(scaled * 2.0**-20)
+    return hi, scaled - hi * 2.0**20
 
 
 @njit(cache=True)
@@ -146,10 +153,8 @@ def fp16_passes(acts: np.ndarray, packed: np.ndarray, norms: np.ndarray) -> np.n
         return np.stack([nx.mxm_pass(a64[:, k * LANES:(k + 1) * LANES], packed[k].T.view(np.float16), DType.FP16)
                          for k in range(tiles)])
     a3 = np.ascontiguousarray(a64.reshape(m, tiles, LANES))
-    scaled = a3 * 2.0**24
-    a_hi = np.trunc(scaled * 2.0**-20)
     out = np.empty((tiles, m, n), np.float32)
-    _fp16_passes(a3, np.sqrt(np.einsum("rki,rki->rk", a3, a3)), a_hi, scaled - a_hi * 2.0**20, packed, norms, out)
+    _fp16_passes(a3, np.sqrt(np.einsum("rki,rki->rk", a3, a3)), packed, norms, out)
     return out
 
 

@@ -29,18 +29,6 @@ def half_to_f64(typingctx, bits):  # pragma: no cover - compiled
 
 
 @intrinsic
-def half_to_f32(typingctx, bits):  # pragma: no cover - compiled
-    """The fp16 value whose bits are given, as fp32: exact."""
-    if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-
-    return types.float32(bits), codegen
-
-
-@intrinsic
 def f32_to_half(typingctx, x):  # pragma: no cover - compiled
     """The bits (uint16) of fp32 x rounded to fp16, to nearest even, overflowing to infinity (LLVM's fptrunc)."""
     if x != types.float32:
@@ -59,14 +47,8 @@ def _narrow(x, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False)
-def _widen32(bits, table, out):  # pragma: no cover - compiled
-    for i in range(bits.size):
-        h = bits[i]
-        out[i] = table[h] if (h & 0x7C00) == 0x7C00 and (h & 0x3FF) != 0 else half_to_f32(h)
-
-
-@njit(cache=True, boundscheck=False)
-def _widen64(bits, table, out):  # pragma: no cover - compiled
+def _widen(bits, table, out):  # pragma: no cover - compiled
+    """out[i]: fp16 bits[i] as out's type (fp32 or fp64: exact either way), a NaN from NumPy's `table`."""
     for i in range(bits.size):
         h = bits[i]
         out[i] = table[h] if (h & 0x7C00) == 0x7C00 and (h & 0x3FF) != 0 else half_to_f64(h)
@@ -86,5 +68,5 @@ def fp16_widen(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     NaN; NumPy keeps it)."""
     flat = np.ascontiguousarray(x).reshape(-1).view(np.uint16)
     out = np.empty(flat.size, table.dtype)
-    (_widen32 if table.dtype == np.float32 else _widen64)(flat, table, out)
+    _widen(flat, table, out)
     return out.reshape(x.shape)
